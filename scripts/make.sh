@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build the Cython NMS extension in place (nms/_soft_nms*.so): python setup.py build_ext --inplace
+#
+# Python used: $PYTHON if set, else `python` on PATH if it has Cython and NumPy, else the
+# repository's .venv/bin/python (so `bash scripts/make.sh` works without activating it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${PYTHON:-}" ]]; then
+    py="$PYTHON"
+elif command -v python >/dev/null 2>&1 && python -c "import Cython, numpy" >/dev/null 2>&1; then
+    py=python
+elif [[ -x .venv/bin/python ]]; then
+    py=.venv/bin/python
+else
+    echo "make.sh: no python with Cython and NumPy found (set PYTHON=...)" >&2
+    exit 1
+fi
+echo "make.sh: building nms._soft_nms with $("$py" -c 'import sys; print(sys.executable)')"
+"$py" setup.py build_ext --inplace

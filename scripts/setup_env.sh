@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) with the pinned requirements and builds the Cython soft-NMS.
+# Safe to re-run: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import mindspore, numpy; assert mindspore.__version__ == '2.8.0', mindspore.__version__"
+PATH="$PWD/.venv/bin:$PATH" bash scripts/make.sh >/dev/null

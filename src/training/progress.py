@@ -1,0 +1,124 @@
+"""Training progress: console lines, an optional tqdm bar, a CSV log and a PNG of the curves."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("m2det.train")
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+class TrainProgress:
+    """Every `log_every` steps: one log line and one CSV row with the averages since the last."""
+
+    def __init__(self, out_dir: str | None, total_steps: int, log_every: int, batch_size: int,
+                 start_step: int = 0, bar: bool | None = None):
+        self.total_steps = total_steps
+        self.log_every = max(int(log_every), 1)
+        self.batch_size = batch_size
+        self.global_step = start_step
+        self.rows: list[dict] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._window_start = time.perf_counter()
+        self._run_start = self._window_start
+        self._run_start_step = start_step
+        self.csv_path = os.path.join(out_dir, "train_log.csv") if out_dir else None
+        self._csv_file = None
+        self._writer = None
+        use_bar = sys.stdout.isatty() if bar is None else bar
+        self.bar = None
+        if use_bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+
+    def update(self, epoch: int, losses: dict[str, float], lr: float) -> None:
+        self.global_step += 1
+        for key, value in losses.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"lr": f"{lr:.2e}"})
+        if self.global_step % self.log_every == 0 or self.global_step == self.total_steps:
+            self._flush(epoch, lr)
+
+    def _flush(self, epoch: int, lr: float) -> None:
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        images_per_s = self._count * self.batch_size / max(elapsed, 1e-9)
+        done = self.global_step - self._run_start_step
+        per_step = (now - self._run_start) / max(done, 1)
+        eta = per_step * (self.total_steps - self.global_step)
+        row = {"epoch": epoch, "step": self.global_step, "lr": lr}
+        row.update({k: v / self._count for k, v in self._sums.items()})
+        row.update({"images_per_s": images_per_s, "step_time_s": elapsed / self._count})
+        self.rows.append(row)
+        parts = " ".join(f"{k} {v / self._count:.4f}" for k, v in self._sums.items())
+        message = (f"epoch {epoch} step {self.global_step}/{self.total_steps} {parts} lr {lr:.3e} "
+                   f"{images_per_s:.1f} img/s eta {_format_eta(eta)}")
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            log.info(message)
+        self._write_csv(row)
+        self._sums, self._count, self._window_start = {}, 0, now
+
+    def _write_csv(self, row: dict) -> None:
+        if self.csv_path is None:
+            return
+        if self._writer is None:
+            new = not os.path.exists(self.csv_path)
+            self._csv_file = open(self.csv_path, "a", newline="", encoding="utf-8")
+            self._writer = csv.DictWriter(self._csv_file, fieldnames=list(row))
+            if new:
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self._csv_file.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
+        if self.csv_path is not None and os.path.exists(self.csv_path):
+            plot_training_curves(self.csv_path, os.path.join(os.path.dirname(self.csv_path), "train_curves.png"))
+
+
+def plot_training_curves(csv_path: str, png_path: str) -> str | None:
+    """Loss parts and learning rate against the step, from the CSV log."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    skip = {"epoch", "step", "lr", "images_per_s", "step_time_s"}
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in rows[0]:
+        if key not in skip:
+            ax_loss.plot(steps, [float(r[key]) for r in rows], label=key)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_title("loss")
+    ax_loss.legend()
+    ax_lr.plot(steps, [float(r["lr"]) for r in rows])
+    ax_lr.set_xlabel("step")
+    ax_lr.set_title("learning rate")
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
