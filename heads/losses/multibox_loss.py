@@ -56,17 +56,23 @@ def hard_negative_mask(ce, positive, neg_pos_ratio: int = 3, empty_image_negativ
 def multibox_loss(loc_p, conf_p, loc_t, conf_t, neg_pos_ratio: int = 3, empty_image_negatives: int = 0):
     """Returns (loc_loss, conf_loss), each already divided by N.
 
-    loc_p, loc_t: (B, P, 4); conf_p: (B, P, C) logits; conf_t: (B, P) int, 0 = background.
+    loc_p, loc_t: (B, P, 4); conf_p: (B, P, C) logits; conf_t: (B, P) int, 0 = background,
+    -1 = ignored (neither positive nor a negative candidate; the SSD matcher never emits it,
+    assigners with an ignore band do).
     """
     conf_t = conf_t.astype(ms.int32)
     positive = conf_t > 0
+    ignored = conf_t < 0
     pos_f = positive.astype(ms.float32)
     num_pos = ops.maximum(pos_f.sum(), 1.0)
 
     loc_loss = (smooth_l1(loc_p - loc_t).sum(axis=-1) * pos_f).sum()
 
-    ce = softmax_cross_entropy(conf_p.astype(ms.float32), conf_t)
-    negative = hard_negative_mask(ce, positive, neg_pos_ratio, empty_image_negatives)
+    ce = softmax_cross_entropy(conf_p.astype(ms.float32), ops.maximum(conf_t, 0))
+    # an ignored prior ranks below every candidate (CE >= 0) and is masked out afterwards
+    ce_for_mining = ops.where(ignored, ops.full_like(ce, -1.0), ce)
+    negative = hard_negative_mask(ce_for_mining, positive, neg_pos_ratio, empty_image_negatives)
+    negative = ops.logical_and(negative, ops.logical_not(ignored))
     selected = ops.logical_or(positive, negative).astype(ms.float32)
     conf_loss = (ce * selected).sum()
     return loc_loss / num_pos, conf_loss / num_pos

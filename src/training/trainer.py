@@ -11,8 +11,8 @@ import numpy as np
 
 from m2det.builder import build_detector, build_priors
 from src.data.pipeline import create_train_dataset
-from src.training.checkpoint import (CheckpointManager, load_backbone_weights, read_checkpoint,
-                                     restore_training_state)
+from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights,
+                                     read_checkpoint, restore_training_state)
 from src.training.lr_schedule import schedule_from_config
 from src.training.optimizer import build_sgd
 from src.training.progress import TrainProgress
@@ -64,48 +64,45 @@ def train(cfg, opts: TrainOptions) -> dict:
         count = load_backbone_weights(detector.backbone, opts.backbone_ckpt)
         log.info("loaded %d backbone tensors from %s", count, opts.backbone_ckpt)
 
-    dataset = create_train_dataset(cfg, priors, batch_size=tcfg.batch_size,
-                                   num_shards=opts.group_size if opts.group_size > 1 else None,
-                                   shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed)
-    steps_per_epoch = dataset.get_dataset_size()
-    if steps_per_epoch < 1:
-        raise TrainingError(f"the training set gives no full batch of {tcfg.batch_size} images; "
-                            "lower train.batch_size or add images")
-    lr = schedule_from_config(tcfg, steps_per_epoch)
-    optimizer = build_sgd(detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
-    step_fn = TrainStep(DetectorWithLoss(detector), optimizer, tcfg.clip_grad_norm)
-    step_fn.set_train(True)
-
     manager = CheckpointManager(opts.output_dir, cfg.config_name, tcfg.keep_checkpoints)
-    start_epoch = 0
+    resume_params, start_epoch = None, 0
     if opts.resume:
         path = find_resume_checkpoint(opts.resume, manager)
         if path is None:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", opts.output_dir)
         else:
-            meta = restore_training_state(read_checkpoint(path), detector, optimizer)
-            start_epoch = int(meta.get("epoch", 0))
-            log.info("resumed from %s at epoch %d", path, start_epoch)
+            resume_params = read_checkpoint(path)
+            start_epoch = int(checkpoint_meta(resume_params).get("epoch", 0))
+            log.info("resuming from %s at epoch %d", path, start_epoch)
+
+    # start_epoch makes a resumed run draw the same per-epoch orders as an uninterrupted one
+    dataset = create_train_dataset(cfg, priors, batch_size=tcfg.batch_size,
+                                   num_shards=opts.group_size if opts.group_size > 1 else None,
+                                   shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed,
+                                   start_epoch=start_epoch)
+    steps_per_epoch = dataset.data_info.steps_per_epoch
+    lr = schedule_from_config(tcfg, steps_per_epoch)
+    optimizer = build_sgd(detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
+    if resume_params is not None:
+        restore_training_state(resume_params, detector, optimizer)
+    step_fn = TrainStep(DetectorWithLoss(detector), optimizer, tcfg.clip_grad_norm)
+    step_fn.set_train(True)
 
     total_steps = tcfg.epochs * steps_per_epoch
     progress = TrainProgress(opts.output_dir if is_main else None, total_steps, tcfg.log_every,
                              tcfg.batch_size * opts.group_size, start_epoch * steps_per_epoch,
                              bar=opts.progress_bar if is_main else False)
-    part_names = None
+    part_names = ["loss"] + list(detector.head.loss_names)
     last = {}
     saved = []
     remaining = tcfg.epochs - start_epoch
     iterator = dataset.create_tuple_iterator(num_epochs=max(remaining, 1))
     try:
         for epoch in range(start_epoch + 1, tcfg.epochs + 1):
-            for _ in range(steps_per_epoch):
-                images, *targets = next(iterator)
+            # a MindSpore multi-epoch iterator ends each epoch with StopIteration and restarts
+            for images, *targets in iterator:
                 outputs = step_fn(images, *targets)
                 values = [float(o.asnumpy()) for o in outputs]
-                if part_names is None:
-                    part_names = ["loss"] + list(getattr(detector.head, "loss_names", [])) or []
-                    if len(part_names) != len(values):
-                        part_names = ["loss"] + [f"loss_{i}" for i in range(1, len(values))]
                 if not all(math.isfinite(v) for v in values):
                     good = manager.existing()
                     raise TrainingError(

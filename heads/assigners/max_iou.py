@@ -1,0 +1,116 @@
+"""Max-IoU assignment of ground-truth boxes to priors / anchors.
+
+Reference semantics (the SSD matcher of the M2Det PyTorch release, SPEC 1.8):
+
+1. IoU between every GT (G) and every prior (P), priors in corner form.
+2. For each prior, its best GT (argmax over GTs; ties -> the lowest GT index).
+3. For each GT, its best prior (argmax over priors; ties -> the lowest prior index).
+4. Every GT's best prior is forced onto that GT: its IoU is overwritten with 2 so it
+   is positive whatever the threshold. When several GTs share the same best prior the
+   reference loops `for j in range(G): best_truth_idx[best_prior_idx[j]] = j`, so the
+   **later GT (higher index) wins**; reproduced exactly here.
+5. Priors whose (possibly overwritten) best IoU is below `pos_threshold` are background.
+
+With `neg_threshold` set (RetinaNet-style assigners: positive >= 0.5, negative < 0.4),
+priors with best IoU in [neg_threshold, pos_threshold) are ignored instead of being
+background. No GT -> every prior is background.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from heads.box_ops import pairwise_iou
+
+BACKGROUND = -1   # prior matched to no GT: a negative
+IGNORE = -2       # prior in the ignore band: neither positive nor negative
+
+
+@dataclass
+class AssignResult:
+    """Per-prior assignment.
+
+    gt_index: (P,) int64, the matched GT index for positives, BACKGROUND (-1) or IGNORE (-2).
+    max_iou:  (P,) float, each prior's best IoU with any GT (before forcing; 0 with no GT).
+    """
+
+    gt_index: np.ndarray
+    max_iou: np.ndarray
+
+    @property
+    def pos_mask(self) -> np.ndarray:
+        return self.gt_index >= 0
+
+    @property
+    def neg_mask(self) -> np.ndarray:
+        return self.gt_index == BACKGROUND
+
+    @property
+    def num_pos(self) -> int:
+        return int(np.count_nonzero(self.gt_index >= 0))
+
+
+class MaxIoUAssigner:
+    """Assign each prior to its best-overlapping GT when that IoU is high enough.
+
+    Args:
+        pos_threshold: best IoU >= this -> positive (SSD: 0.5).
+        neg_threshold: if given, best IoU < this -> background and the band
+            [neg_threshold, pos_threshold) -> IGNORE; if None, everything below
+            `pos_threshold` is background (SSD).
+        force_best_prior: force each GT's best prior positive (SSD and RetinaNet do;
+            guarantees every GT, however small or oddly shaped, trains some prior).
+        min_pos_iou: a GT's best prior is only forced when that IoU is >= this. The SSD
+            reference forces unconditionally (0.0, and `>=` keeps an IoU of exactly 0).
+    """
+
+    def __init__(self, pos_threshold: float = 0.5, neg_threshold: float | None = None,
+                 force_best_prior: bool = True, min_pos_iou: float = 0.0):
+        if neg_threshold is not None and neg_threshold > pos_threshold:
+            raise ValueError(f"neg_threshold {neg_threshold} must be <= pos_threshold {pos_threshold}")
+        self.pos_threshold = float(pos_threshold)
+        self.neg_threshold = None if neg_threshold is None else float(neg_threshold)
+        self.force_best_prior = bool(force_best_prior)
+        self.min_pos_iou = float(min_pos_iou)
+
+    def assign(self, gt_boxes: np.ndarray, prior_boxes: np.ndarray) -> AssignResult:
+        """gt_boxes (G, 4) and prior_boxes (P, 4), both corner form in the same units."""
+        num_priors = prior_boxes.shape[0]
+        if gt_boxes.shape[0] == 0:
+            return AssignResult(np.full(num_priors, BACKGROUND, dtype=np.int64),
+                                np.zeros(num_priors, dtype=np.float32))
+        return self.assign_from_iou(pairwise_iou(gt_boxes, prior_boxes))
+
+    __call__ = assign
+
+    def assign_from_iou(self, iou: np.ndarray) -> AssignResult:
+        """Assignment from a precomputed (G, P) IoU matrix (G >= 1)."""
+        num_gts, num_priors = iou.shape
+        if num_gts == 0:
+            return AssignResult(np.full(num_priors, BACKGROUND, dtype=np.int64),
+                                np.zeros(num_priors, dtype=np.float32))
+        best_gt = iou.argmax(axis=0)                                   # (P,)
+        best_gt_iou = iou[best_gt, np.arange(num_priors)]              # (P,)
+        overlap = best_gt_iou.copy()
+
+        if self.force_best_prior:
+            best_prior = iou.argmax(axis=1)                            # (G,)
+            gts = np.arange(num_gts)
+            eligible = iou[gts, best_prior] >= self.min_pos_iou
+            gts, best_prior = gts[eligible], best_prior[eligible]
+            # "later GT wins": keep the last occurrence of each forced prior. Fancy
+            # assignment with repeated indices has no documented order in NumPy, so
+            # the winner is picked explicitly.
+            rev_priors = best_prior[::-1]
+            uniq, first_in_rev = np.unique(rev_priors, return_index=True)
+            best_gt[uniq] = gts[::-1][first_in_rev]
+            overlap[uniq] = 2.0
+
+        gt_index = best_gt.astype(np.int64)
+        if self.neg_threshold is None:
+            gt_index[overlap < self.pos_threshold] = BACKGROUND
+        else:
+            gt_index[overlap < self.pos_threshold] = IGNORE
+            gt_index[overlap < self.neg_threshold] = BACKGROUND
+        return AssignResult(gt_index, best_gt_iou)
