@@ -1,0 +1,29 @@
+"""Warmup + multi-step schedule against hand-computed values (SPEC 1.11)."""
+import numpy as np
+import pytest
+
+from src.training.lr_schedule import step_lr_schedule
+
+
+def test_hand_computed_values():
+    lr = step_lr_schedule(lr=0.004, epochs=6, steps_per_epoch=2, warmup_epochs=2, warmup_start_lr=0.0,
+                          lr_steps=[3, 5], lr_multipliers=[0.5, 0.1])
+    # warmup over 4 steps from 0: 0, 1e-3, 2e-3, 3e-3; epochs 2: 4e-3; 3-4: 2e-3; 5: 4e-4
+    want = [0.0, 0.001, 0.002, 0.003, 0.004, 0.004, 0.002, 0.002, 0.002, 0.002, 0.0004, 0.0004]
+    np.testing.assert_allclose(lr, want, rtol=1e-6)
+
+
+def test_reference_pytorch_schedule_boundaries():
+    lr = step_lr_schedule(lr=0.004, epochs=160, steps_per_epoch=1, warmup_epochs=5, warmup_start_lr=1e-6,
+                          lr_steps=[90, 110, 130, 150], lr_multipliers=[0.5, 0.1, 0.01, 0.001])
+    assert lr[0] == pytest.approx(1e-6)
+    assert lr[5] == pytest.approx(4e-3) and lr[89] == pytest.approx(4e-3)
+    assert lr[90] == pytest.approx(2e-3) and lr[110] == pytest.approx(4e-4)
+    assert lr[130] == pytest.approx(4e-5) and lr[159] == pytest.approx(4e-6)
+
+
+def test_bad_schedule_is_reported():
+    with pytest.raises(ValueError, match="same length"):
+        step_lr_schedule(lr=0.1, epochs=2, steps_per_epoch=1, lr_steps=[1], lr_multipliers=[])
+    with pytest.raises(ValueError, match="increasing"):
+        step_lr_schedule(lr=0.1, epochs=2, steps_per_epoch=1, lr_steps=[2, 1], lr_multipliers=[1, 1])
