@@ -135,7 +135,11 @@ def load_backbone_weights(backbone: nn.Cell, path: str) -> int:
 def restore_training_state(params: dict, detector: nn.Cell, optimizer: nn.Optimizer) -> dict:
     """Load weights and optimizer state from a training checkpoint; returns its metadata."""
     load_detector_weights(detector, params, "resume checkpoint")
-    opt_state = {p.name: params[p.name] for p in optimizer.get_parameters() if p.name in params}
+    # the learning-rate table and momentum come from the config (a resumed run may extend the
+    # schedule); the state restored is the step counter and the per-parameter buffers
+    skip = {"learning_rate", "momentum"}
+    opt_state = {p.name: params[p.name] for p in optimizer.get_parameters()
+                 if p.name in params and p.name not in skip and tuple(params[p.name].shape) == tuple(p.shape)}
     ms.load_param_into_net(optimizer, opt_state, strict_load=False)
     return checkpoint_meta(params)
 

@@ -1,0 +1,1 @@
+"""PyTorch reference implementations used only by tests (parity and checkpoint conversion)."""
