@@ -44,6 +44,7 @@ class MultiBoxHead(nn.Cell):
         self.num_classes = num_classes
         self.num_anchors = tuple(num_anchors)
         self.num_levels = len(in_levels)
+        self.softmax = nn.Softmax(axis=-1)
         self.neg_pos_ratio = int(neg_pos_ratio)
         self.empty_image_negatives = int(empty_image_negatives)
 
@@ -59,6 +60,11 @@ class MultiBoxHead(nn.Cell):
             loc += (self.loc_convs[i](features[i]),)
             conf += (self.conf_convs[i](features[i]),)
         return flatten_levels(loc, 4), flatten_levels(conf, self.num_classes)
+
+    def predict(self, outputs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Inference outputs: loc offsets (B, P, 4) and softmax class scores (B, P, C)."""
+        loc, conf = outputs
+        return loc, self.softmax(conf)
 
     loss_names = ("loc", "conf")
 

@@ -8,11 +8,13 @@ from mindspore import Tensor
 
 
 class Detector(nn.Cell):
-    """backbone(images) -> neck(features) -> head(maps) -> (loc, conf).
+    """backbone(images) -> neck(features) -> head(maps).
 
-    Training mode (`set_train(True)`): (loc, conf logits), what the loss consumes.
-    Inference mode (`set_train(False)`): (loc, softmax(conf) over classes), what
-    post-processing consumes. Shapes are static, so the cell compiles in GRAPH mode.
+    Training mode (`set_train(True)`): the head's raw outputs, what `head.loss` consumes
+    (multibox head: loc offsets and class logits).
+    Inference mode (`set_train(False)`): `head.predict(raw outputs)`, what post-processing
+    consumes (multibox head: loc offsets and softmax scores). Shapes are static, so the cell
+    compiles in GRAPH mode.
 
     The loss is not part of this cell: a training wrapper combines it with `detector.head`.
 
@@ -21,7 +23,8 @@ class Detector(nn.Cell):
             `output_sizes(input_size)`.
         neck: a cell taking that tuple and returning the head's input maps, with
             `output_levels` and `output_sizes(backbone_sizes)`.
-        head: a cell taking the neck's maps and returning (loc (B, P, 4), logits (B, P, C)).
+        head: a cell taking the neck's maps, with `loss(outputs, *targets)` and
+            `predict(outputs)`.
     """
 
     def __init__(self, backbone: nn.Cell, neck: nn.Cell, head: nn.Cell):
@@ -29,17 +32,16 @@ class Detector(nn.Cell):
         self.backbone = backbone
         self.neck = neck
         self.head = head
-        self.softmax = nn.Softmax(axis=-1)
 
     def feature_sizes(self, input_size: int | Sequence[int]) -> list[tuple[int, int]]:
         """(h, w) of every head input map for an input of `input_size`."""
         return self.neck.output_sizes(self.backbone.output_sizes(input_size))
 
-    def construct(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        loc, conf = self.head(self.neck(self.backbone(images)))
+    def construct(self, images: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.head(self.neck(self.backbone(images)))
         if self.training:
-            return loc, conf
-        return loc, self.softmax(conf)
+            return outputs
+        return self.head.predict(outputs)
 
 
 def count_params(cell: nn.Cell) -> int:
