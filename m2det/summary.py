@@ -91,7 +91,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="config file (JSON summary)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override, repeatable")
     parser.add_argument("--markdown", nargs="+", metavar="CONFIG", help="config files (markdown table)")
     parser.add_argument("--no-flops", action="store_true", help="skip the forward pass that counts FLOPs")
