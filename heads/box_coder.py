@@ -1,7 +1,7 @@
 """SSD box coding with variances (SPEC 1.8).
 
     encode:  t_xy = (g_c - p_c) / (v0 * p_wh),   t_wh = log(g_wh / p_wh) / v1
-    decode:  c = p_c + t_xy * v0 * p_wh,         wh = p_wh * exp(t_wh * v1)
+    decode:  c = p_c + t_xy * v0 * p_wh,         wh = p_wh * exp(min(t_wh * v1, log(1000/16)))
 
 Priors are (cx, cy, w, h); ground truth and decoded boxes are corners (x1, y1, x2, y2),
 all in the same units (normalised [0, 1] in this project). NumPy functions serve the
@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import numpy as np
+from mindspore import ops
 
 from heads.priors import center_to_corner, corner_to_center
+
+# Largest log-scale a decoded side may take (a box at most 1000/16 times its prior, as
+# mmdetection's delta coder): keeps exp() finite for a diverging or untrained network.
+MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 class SSDBoxCoder:
@@ -40,14 +47,12 @@ class SSDBoxCoder:
         loc = loc.astype(np.float32)
         p = priors.astype(np.float32)
         centre = p[..., :2] + loc[..., :2] * v0 * p[..., 2:]
-        wh = p[..., 2:] * np.exp(loc[..., 2:] * v1)
+        wh = p[..., 2:] * np.exp(np.minimum(loc[..., 2:] * v1, MAX_LOG_SCALE))
         return center_to_corner(np.concatenate([centre, wh], axis=-1))
 
     def decode_ms(self, loc, priors):
         """MindSpore version of `decode` for in-graph decoding; loc (B, P, 4), priors (P, 4)."""
-        from mindspore import ops
-
         v0, v1 = self.variances
         centre = priors[:, :2] + loc[..., :2] * v0 * priors[:, 2:]
-        wh = priors[:, 2:] * ops.exp(loc[..., 2:] * v1)
+        wh = priors[:, 2:] * ops.exp(ops.minimum(loc[..., 2:] * v1, MAX_LOG_SCALE))
         return ops.concat([centre - wh / 2, centre + wh / 2], axis=-1)

@@ -51,3 +51,16 @@ def test_decode_ms_matches_numpy():
 def test_bad_variances():
     with pytest.raises(ValueError, match=r"\[0.1\]"):
         SSDBoxCoder([0.1])
+
+
+def test_decode_keeps_diverged_outputs_finite():
+    """A diverging network's huge log-scale outputs are capped at log(1000/16), not inf."""
+    import math
+
+    from heads.box_coder import SSDBoxCoder
+
+    prior = np.array([[0.5, 0.5, 0.1, 0.2]], np.float32)
+    boxes = SSDBoxCoder((0.1, 0.2)).decode(np.array([[0.0, 0.0, 1e4, 1e4]], np.float32), prior)
+    assert np.isfinite(boxes).all()
+    np.testing.assert_allclose(boxes[0, 2:] - boxes[0, :2], [0.1 * 1000 / 16, 0.2 * 1000 / 16], rtol=1e-5)
+    assert math.isclose(float(np.log(1000 / 16)), math.log(62.5))

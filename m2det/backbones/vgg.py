@@ -6,7 +6,7 @@ from typing import Sequence
 import mindspore.nn as nn
 from mindspore import Tensor
 
-from m2det.layers import conv2d, conv_output_size, to_pair
+from m2det.layers import BN_EPS, TORCH_DEFAULT_BN_MOMENTUM, conv2d, conv_output_size, to_pair
 
 # channel plan of the five VGG stages; "M" = 2x2/2 max-pool, "C" = the same with ceil mode
 _CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512]
@@ -16,6 +16,12 @@ DEEP_INDEX = 34      # ReLU(conv7)
 
 def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
+
+
+def _activation(channels: int, batch_norm: bool) -> nn.Cell:
+    if not batch_norm:
+        return nn.ReLU()
+    return nn.SequentialCell([nn.BatchNorm2d(channels, eps=BN_EPS, momentum=TORCH_DEFAULT_BN_MOMENTUM), nn.ReLU()])
 
 
 class VGG16Reduced(nn.Cell):
@@ -28,9 +34,13 @@ class VGG16Reduced(nn.Cell):
 
     Args:
         width: multiplier on every channel count (1.0 = the reference, 20,483,904 parameters).
+        batch_norm: put a BatchNorm before every ReLU (the "vgg16_bn" variant; convolutions
+            then have no bias). Not in the reference: it lets narrow lite models train from
+            scratch in minutes. The BN+ReLU pair sits at the ReLU's index (`layers.1.0.gamma`),
+            so the convolution indices, and with them checkpoint names, do not move.
     """
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, batch_norm: bool = False):
         super().__init__()
         layers: list[nn.Cell] = []
         in_ch = 3
@@ -41,13 +51,15 @@ class VGG16Reduced(nn.Cell):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2, pad_mode="pad", ceil_mode=True))
             else:
                 out_ch = _scaled(v, width)
-                layers += [conv2d(in_ch, out_ch, 3, padding=1, bias=True), nn.ReLU()]
+                layers += [conv2d(in_ch, out_ch, 3, padding=1, bias=not batch_norm), _activation(out_ch, batch_norm)]
                 in_ch = out_ch
         fc_ch = _scaled(1024, width)
         layers += [
             nn.MaxPool2d(kernel_size=3, stride=1, pad_mode="pad", padding=1),       # 30: pool5
-            conv2d(in_ch, fc_ch, 3, padding=6, dilation=6, bias=True), nn.ReLU(),   # 31, 32: conv6
-            conv2d(fc_ch, fc_ch, 1, bias=True), nn.ReLU(),                          # 33, 34: conv7
+            conv2d(in_ch, fc_ch, 3, padding=6, dilation=6, bias=not batch_norm),    # 31: conv6
+            _activation(fc_ch, batch_norm),                                         # 32
+            conv2d(fc_ch, fc_ch, 1, bias=not batch_norm),                           # 33: conv7
+            _activation(fc_ch, batch_norm),                                         # 34
         ]
         assert len(layers) == DEEP_INDEX + 1
         self.layers = nn.CellList(layers)

@@ -38,6 +38,22 @@ def step_lr_schedule(*, lr: float, epochs: int, steps_per_epoch: int, warmup_epo
     return rates.astype(np.float32)
 
 
+def lr_scale_for(train_cfg, global_batch: int) -> float:
+    """Linear scaling rule: `global_batch / train.base_batch_size` when `train.scale_lr`, else 1.
+
+    `train.lr` (and the warmup target) is then the rate for a global batch of `base_batch_size`;
+    `warmup_start_lr` is not scaled. The M2Det authors report that a total batch above 32 loses
+    accuracy even with the rate scaled (SPEC 1.11), so more devices are best used with a smaller
+    per-device batch (docs/DISTRIBUTED.md).
+    """
+    if not train_cfg.get("scale_lr", False):
+        return 1.0
+    base = int(train_cfg.get("base_batch_size", 32))
+    if base < 1:
+        raise ValueError(f"train.base_batch_size must be >= 1, got {base}")
+    return float(global_batch) / base
+
+
 def schedule_from_config(train_cfg, steps_per_epoch: int, lr_scale: float = 1.0) -> np.ndarray:
     return step_lr_schedule(lr=train_cfg.lr * lr_scale, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
                             warmup_epochs=train_cfg.warmup_epochs, warmup_start_lr=train_cfg.warmup_start_lr,

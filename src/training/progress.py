@@ -18,7 +18,12 @@ def _format_eta(seconds: float) -> str:
 
 
 class TrainProgress:
-    """Every `log_every` steps: one log line and one CSV row with the averages since the last."""
+    """Every `log_every` steps: one log line and one CSV row with the averages since the last.
+
+    A resumed run (`start_step` > 0) first drops the CSV rows after `start_step`: steps done
+    after the checkpoint it resumes from are done again and logged again. `extras` given to
+    `update` (loss scale, skipped steps) are logged as their latest value.
+    """
 
     def __init__(self, out_dir: str | None, total_steps: int, log_every: int, batch_size: int,
                  start_step: int = 0, bar: bool | None = None):
@@ -35,14 +40,19 @@ class TrainProgress:
         self.csv_path = os.path.join(out_dir, "train_log.csv") if out_dir else None
         self._csv_file = None
         self._writer = None
+        self._extras: dict = {}
+        if self.csv_path is not None and os.path.exists(self.csv_path):
+            self._truncate_csv(start_step)
         use_bar = sys.stdout.isatty() if bar is None else bar
         self.bar = None
         if use_bar:
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
 
-    def update(self, epoch: int, losses: dict[str, float], lr: float) -> None:
+    def update(self, epoch: int, losses: dict[str, float], lr: float, extras: dict | None = None) -> None:
         self.global_step += 1
+        if extras:
+            self._extras = dict(extras)
         for key, value in losses.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
         self._count += 1
@@ -62,10 +72,12 @@ class TrainProgress:
         row = {"epoch": epoch, "step": self.global_step, "lr": lr}
         row.update({k: v / self._count for k, v in self._sums.items()})
         row.update({"images_per_s": images_per_s, "step_time_s": elapsed / self._count})
+        row.update(self._extras)
         self.rows.append(row)
         parts = " ".join(f"{k} {v / self._count:.4f}" for k, v in self._sums.items())
+        extras = "".join(f" {k} {v:g}" for k, v in self._extras.items())
         message = (f"epoch {epoch} step {self.global_step}/{self.total_steps} {parts} lr {lr:.3e} "
-                   f"{images_per_s:.1f} img/s eta {_format_eta(eta)}")
+                   f"{images_per_s:.1f} img/s{extras} eta {_format_eta(eta)}")
         if self.bar is not None:
             self.bar.write(message)
         else:
@@ -73,13 +85,35 @@ class TrainProgress:
         self._write_csv(row)
         self._sums, self._count, self._window_start = {}, 0, now
 
+    def _truncate_csv(self, keep_through_step: int) -> None:
+        with open(self.csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= keep_through_step]
+        self._rewrite_csv(fields, rows)
+
+    def _rewrite_csv(self, fields: list, rows: list[dict]) -> None:
+        tmp = self.csv_path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.csv_path)
+
     def _write_csv(self, row: dict) -> None:
         if self.csv_path is None:
             return
         if self._writer is None:
+            if os.path.exists(self.csv_path):
+                with open(self.csv_path, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f)
+                    old_fields, old_rows = reader.fieldnames or [], list(reader)
+                if old_fields != list(row):      # e.g. resumed with mixed precision turned on
+                    self._rewrite_csv(list(row), old_rows)
             new = not os.path.exists(self.csv_path)
             self._csv_file = open(self.csv_path, "a", newline="", encoding="utf-8")
-            self._writer = csv.DictWriter(self._csv_file, fieldnames=list(row))
+            self._writer = csv.DictWriter(self._csv_file, fieldnames=list(row), restval="",
+                                          extrasaction="ignore")
             if new:
                 self._writer.writeheader()
         self._writer.writerow(row)
@@ -105,11 +139,12 @@ def plot_training_curves(csv_path: str, png_path: str) -> str | None:
     import matplotlib.pyplot as plt
 
     steps = [int(r["step"]) for r in rows]
-    skip = {"epoch", "step", "lr", "images_per_s", "step_time_s"}
+    skip = {"epoch", "step", "lr", "images_per_s", "step_time_s", "loss_scale", "skipped_steps"}
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
     for key in rows[0]:
         if key not in skip:
-            ax_loss.plot(steps, [float(r[key]) for r in rows], label=key)
+            points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+            ax_loss.plot([p[0] for p in points], [p[1] for p in points], label=key)
     ax_loss.set_xlabel("step")
     ax_loss.set_title("loss")
     ax_loss.legend()

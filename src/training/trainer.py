@@ -1,4 +1,13 @@
-"""The training loop: config + options -> checkpoints, logs and (optionally) AP during training."""
+"""The training loop: config + options -> checkpoints, logs and (optionally) AP during training.
+
+Resume restores everything that decides what the next step does: the weights (and EMA
+averages), the optimizer's momentum and step counter (= position in the learning-rate
+table), the loss-scale state, and the data position. The data order of every epoch is a
+function of (seed, epoch) (src/data/pipeline.py), so the run rebuilds the pipeline at the
+checkpoint's epoch and, for a mid-epoch checkpoint, draws and discards the batches that
+epoch had already consumed. A resumed run therefore makes the same steps as an
+uninterrupted one: on CPU with one worker the final weights are bit-identical.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,18 +20,33 @@ import numpy as np
 
 from m2det.builder import build_detector, build_priors
 from src.data.pipeline import create_train_dataset
+from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
 from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights,
-                                     read_checkpoint, restore_training_state)
-from src.training.lr_schedule import schedule_from_config
+                                     restore_training_state, select_resume_checkpoint)
+from src.training.distributed import GracefulStop, weights_digest
+from src.training.ema import ModelEMA
+from src.training.lr_schedule import lr_scale_for, schedule_from_config
 from src.training.optimizer import build_sgd
 from src.training.progress import TrainProgress
 from src.training.train_step import DetectorWithLoss, TrainStep
 
 log = logging.getLogger("m2det.train")
 
+# SPEC 1.11: the M2Det authors report a large accuracy loss with a total batch above 32
+RECOMMENDED_MAX_GLOBAL_BATCH = 32
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, bad resume file, ...)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT: the run stopped after a step and (rank 0) saved `checkpoint`."""
+
+    def __init__(self, message: str, exit_code: int, checkpoint: str | None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -37,20 +61,49 @@ class TrainOptions:
     progress_bar: bool | None = None
 
 
-def set_context(device_target: str, mode: str) -> None:
+def set_context(device_target: str, mode: str, deterministic: bool = False) -> None:
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target=device_target)
+    if deterministic and device_target != "CPU":
+        # CPU kernels are deterministic already; GPU/Ascend need the deterministic algorithms
+        ms.set_context(deterministic="ON")
 
 
-def find_resume_checkpoint(resume: str, manager: CheckpointManager) -> str | None:
-    """`auto` -> newest checkpoint of this config in the output dir (None if there is none)."""
-    if resume != "auto":
-        return resume
-    existing = manager.existing()
-    return existing[-1] if existing else None
+@dataclass
+class _ResumePoint:
+    path: str | None = None
+    params: dict | None = None
+    completed_epochs: int = 0
+    epoch_step: int = 0            # batches of epoch completed_epochs + 1 already done
+    step: int = 0
+    skipped_steps: int = 0
+
+
+def _resume_point(opts: TrainOptions, manager: CheckpointManager) -> _ResumePoint:
+    if not opts.resume:
+        return _ResumePoint()
+    found = select_resume_checkpoint(opts.resume, manager, log)
+    if found is None:
+        log.info("--resume auto: no checkpoint in %s, starting from scratch", opts.output_dir)
+        return _ResumePoint()
+    path, params = found
+    meta = checkpoint_meta(params)
+    return _ResumePoint(path, params, int(meta.get("epoch", 0)), int(meta.get("epoch_step", 0)),
+                        int(meta.get("step", 0)), int(meta.get("skipped_steps", 0)))
 
 
 def train(cfg, opts: TrainOptions) -> dict:
-    """Train `cfg` and return a summary: final epoch, last losses, checkpoint paths."""
+    """Train `cfg` and return a summary: final epoch, last losses, checkpoint paths, steps.
+
+    From the start, SIGTERM/SIGINT mean "stop after the next step, with a checkpoint".
+    """
+    stop = GracefulStop(opts.group_size).install()
+    try:
+        return _train(cfg, opts, stop)
+    finally:
+        stop.uninstall()
+
+
+def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
     tcfg = cfg.train
     ms.set_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
@@ -65,43 +118,83 @@ def train(cfg, opts: TrainOptions) -> dict:
         log.info("loaded %d backbone tensors from %s", count, opts.backbone_ckpt)
 
     manager = CheckpointManager(opts.output_dir, cfg.config_name, tcfg.keep_checkpoints)
-    resume_params, start_epoch = None, 0
-    if opts.resume:
-        path = find_resume_checkpoint(opts.resume, manager)
-        if path is None:
-            log.info("--resume auto: no checkpoint in %s, starting from scratch", opts.output_dir)
-        else:
-            resume_params = read_checkpoint(path)
-            start_epoch = int(checkpoint_meta(resume_params).get("epoch", 0))
-            log.info("resuming from %s at epoch %d", path, start_epoch)
+    start = _resume_point(opts, manager)
+    global_batch = tcfg.batch_size * opts.group_size
+    if start.epoch_step and int(checkpoint_meta(start.params).get("global_batch", global_batch)) != global_batch:
+        # the consumed part of the epoch is not a whole number of the new batches
+        log.warning("the checkpoint was saved mid-epoch with another global batch; epoch %d restarts from "
+                    "its first batch", start.completed_epochs + 1)
+        start.epoch_step = 0
 
     # start_epoch makes a resumed run draw the same per-epoch orders as an uninterrupted one
     dataset = create_train_dataset(cfg, priors, batch_size=tcfg.batch_size,
                                    num_shards=opts.group_size if opts.group_size > 1 else None,
                                    shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed,
-                                   start_epoch=start_epoch)
+                                   start_epoch=start.completed_epochs)
     steps_per_epoch = dataset.data_info.steps_per_epoch
-    lr = schedule_from_config(tcfg, steps_per_epoch)
+    if start.path is not None and start.epoch_step == 0:
+        start.step = start.completed_epochs * steps_per_epoch
+    if is_main and global_batch > RECOMMENDED_MAX_GLOBAL_BATCH:
+        log.warning("global batch %d (%d x %d devices) > %d: the M2Det authors report a large AP loss above "
+                    "32; see docs/DISTRIBUTED.md", global_batch, tcfg.batch_size, opts.group_size,
+                    RECOMMENDED_MAX_GLOBAL_BATCH)
+    lr_scale = lr_scale_for(tcfg, global_batch)
+    lr = schedule_from_config(tcfg, steps_per_epoch, lr_scale)
+    if lr_scale != 1.0:
+        log.info("learning rate scaled x%.3g for a global batch of %d (train.base_batch_size %d): peak %.3g",
+                 lr_scale, global_batch, tcfg.base_batch_size, tcfg.lr * lr_scale)
+
+    amp_level = resolve_amp_level(tcfg.amp_level, opts.device_target)
+    if amp_level == "O2":
+        apply_o2(detector)
     optimizer = build_sgd(detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
-    if resume_params is not None:
-        restore_training_state(resume_params, detector, optimizer)
-    step_fn = TrainStep(DetectorWithLoss(detector), optimizer, tcfg.clip_grad_norm)
+    ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
+    loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
+                  if amp_level == "O2" else None)
+    extra = [loss_scale] if loss_scale is not None else []
+    if start.path is not None:
+        restore_training_state(start.params, detector, optimizer, ema=ema, extra=extra)
+        where = f"at epoch {start.completed_epochs}"
+        if start.epoch_step:
+            where += f" + {start.epoch_step} batches of epoch {start.completed_epochs + 1}"
+        log.info("resuming from %s %s (global step %d)", start.path, where, start.step)
+        start.params = None
+    step_fn = TrainStep(DetectorWithLoss(detector, float32_loss=amp_level == "O2"), optimizer,
+                        tcfg.clip_grad_norm, loss_scale=loss_scale, ema=ema)
     step_fn.set_train(True)
 
     total_steps = tcfg.epochs * steps_per_epoch
-    progress = TrainProgress(opts.output_dir if is_main else None, total_steps, tcfg.log_every,
-                             tcfg.batch_size * opts.group_size, start_epoch * steps_per_epoch,
-                             bar=opts.progress_bar if is_main else False)
+    progress = TrainProgress(opts.output_dir if is_main else None, total_steps, tcfg.log_every, global_batch,
+                             start.step, bar=opts.progress_bar if is_main else False)
     part_names = ["loss"] + list(detector.head.loss_names)
     last = {}
     saved = []
-    remaining = tcfg.epochs - start_epoch
+    skipped = start.skipped_steps
+
+    def save(epoch: int, epoch_step: int = 0) -> str:
+        path = manager.save(epoch, detector, optimizer, epoch_step=epoch_step, ema=ema, extra=extra,
+                            step=progress.global_step, global_batch=global_batch, skipped_steps=skipped,
+                            config_name=cfg.config_name)
+        saved.append(path)
+        log.info("saved %s", path)
+        return path
+
+    remaining = tcfg.epochs - start.completed_epochs
     iterator = dataset.create_tuple_iterator(num_epochs=max(remaining, 1))
     try:
-        for epoch in range(start_epoch + 1, tcfg.epochs + 1):
+        for epoch in range(start.completed_epochs + 1, tcfg.epochs + 1):
+            done = 0
+            consumed = start.epoch_step if epoch == start.completed_epochs + 1 else 0
             # a MindSpore multi-epoch iterator ends each epoch with StopIteration and restarts
             for images, *targets in iterator:
+                if done < consumed:          # done before the checkpoint we resumed from
+                    done += 1
+                    continue
                 outputs = step_fn(images, *targets)
+                overflow = False
+                if loss_scale is not None:
+                    *outputs, overflow = outputs
+                    overflow = bool(overflow.asnumpy())
                 values = [float(o.asnumpy()) for o in outputs]
                 if not all(math.isfinite(v) for v in values):
                     good = manager.existing()
@@ -109,23 +202,51 @@ def train(cfg, opts: TrainOptions) -> dict:
                         f"non-finite loss at epoch {epoch}, step {progress.global_step + 1}: "
                         f"{dict(zip(part_names, values))}; last good checkpoint: "
                         f"{good[-1] if good else 'none yet'}")
+                skipped += int(overflow)
+                done += 1
                 last = dict(zip(part_names, values))
-                progress.update(epoch, last, float(lr[min(progress.global_step, len(lr) - 1)]))
+                extras = ({"loss_scale": float(loss_scale.value.asnumpy()), "skipped_steps": skipped}
+                          if loss_scale is not None else None)
+                progress.update(epoch, last, float(lr[min(progress.global_step, len(lr) - 1)]), extras)
+                epoch_step = 0 if done == steps_per_epoch else done
+                if stop.requested():
+                    path = save(epoch, epoch_step) if is_main else None
+                    stop.barrier()
+                    raise TrainingInterrupted(
+                        f"stopped by signal {stop.signum} after step {progress.global_step}"
+                        + (f"; saved {path}" if path else ""), stop.exit_code, path)
+                if (is_main and epoch_step and tcfg.save_every_steps > 0
+                        and progress.global_step % tcfg.save_every_steps == 0):
+                    save(epoch, epoch_step)
             if is_main and (epoch % tcfg.save_every == 0 or epoch == tcfg.epochs):
-                saved.append(manager.save(epoch, detector, optimizer, step=progress.global_step,
-                                          config_name=cfg.config_name))
-                log.info("saved %s", saved[-1])
+                save(epoch)
             if is_main and tcfg.eval_every > 0 and epoch % tcfg.eval_every == 0 and epoch != tcfg.epochs:
-                _evaluate_during_training(cfg, detector, priors, opts, epoch)
+                _evaluate_during_training(cfg, detector, priors, opts, epoch, ema)
                 step_fn.set_train(True)
     finally:
         progress.close()
-    return {"epoch": tcfg.epochs, "losses": last, "checkpoints": saved, "steps": progress.global_step}
+    if opts.group_size > 1:
+        # trainable weights must be bit-identical on every rank (BatchNorm running statistics
+        # are per replica: each rank's come from its own shard)
+        print(f"rank {opts.rank}: trainable weights digest {weights_digest(detector.trainable_params())} "
+              f"after step {progress.global_step}", flush=True)
+    if skipped:
+        log.info("%d of %d steps skipped on gradient overflow (loss scale %.0f)", skipped, progress.global_step,
+                 float(loss_scale.value.asnumpy()))
+    return {"epoch": tcfg.epochs, "losses": last, "checkpoints": saved, "steps": progress.global_step,
+            "skipped_steps": skipped}
 
 
-def _evaluate_during_training(cfg, detector, priors, opts: TrainOptions, epoch: int) -> None:
+def _evaluate_during_training(cfg, detector, priors, opts: TrainOptions, epoch: int, ema=None) -> None:
     from src.evaluation.evaluator import evaluate
 
     detector.set_train(False)
-    metrics = evaluate(cfg, detector, priors, out_dir=os.path.join(opts.output_dir, f"eval_epoch{epoch:04d}"))
-    log.info("epoch %d: AP %.4f AP50 %.4f AP75 %.4f", epoch, metrics["AP"], metrics["AP50"], metrics["AP75"])
+    if ema is not None:
+        ema.swap()      # evaluate the averaged weights, as eval.py does on the checkpoint
+    try:
+        metrics = evaluate(cfg, detector, priors, out_dir=os.path.join(opts.output_dir, f"eval_epoch{epoch:04d}"))
+    finally:
+        if ema is not None:
+            ema.swap()
+    log.info("epoch %d: AP %.4f AP50 %.4f AP75 %.4f%s", epoch, metrics["AP"], metrics["AP50"], metrics["AP75"],
+             " (EMA weights)" if ema is not None else "")
