@@ -76,3 +76,20 @@ def test_backbone_loading_accepts_bare_or_prefixed_names_and_lists_missing(tmp_p
     ms.save_checkpoint(partial, str(tmp_path / "partial.ckpt"))
     with pytest.raises(CheckpointError, match=r"missing \(4\): backbone.bn"):
         load_backbone_weights(Net().backbone, str(tmp_path / "partial.ckpt"))
+
+
+def test_extra_network_tensors_in_the_checkpoint_are_an_error(tmp_path):
+    """A checkpoint of a bigger model (e.g. VGG with BatchNorm) must not load into a smaller one."""
+    class Bigger(Net):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.SequentialCell([nn.Dense(4, 4), nn.Dense(4, 4)])
+
+    class Smaller(Net):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.SequentialCell([nn.Dense(4, 4)])
+
+    path = save_checkpoint(str(tmp_path / "big.ckpt"), Bigger())
+    with pytest.raises(CheckpointError, match=r"unexpected \(2\): head.1.weight, head.1.bias"):
+        load_detector_weights(Smaller(), read_checkpoint(path))

@@ -136,14 +136,25 @@ def _short(items: list, n: int = 10) -> str:
 
 
 def load_detector_weights(detector: nn.Cell, params: dict, source: str = "checkpoint") -> None:
-    """Load every detector parameter from `params`; any missing or mismatched tensor is an error."""
+    """Load every detector parameter from `params`.
+
+    Missing or mismatched tensors are an error, and so are unexpected ones under the
+    network's own top-level names (`backbone.`, `neck.`, `head.`): a checkpoint of a
+    differently configured model (say, a VGG with BatchNorm) must not load with part of
+    its weights silently dropped. Optimizer state and other entries are ignored.
+    """
     missing, bad_shape = _describe_mismatch(detector, params)
-    if missing or bad_shape:
+    own = {p.name for p in detector.get_parameters()}
+    prefixes = tuple(f"{name}." for name, _ in detector.name_cells().items())
+    unexpected = [k for k in params if prefixes and k.startswith(prefixes) and k not in own]
+    if missing or bad_shape or unexpected:
         lines = [f"{source} does not match the network built from the config:"]
         if bad_shape:
             lines.append(f"  shape mismatches ({len(bad_shape)}): {_short(bad_shape)}")
         if missing:
             lines.append(f"  missing ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {_short(unexpected)}")
         raise CheckpointError("\n".join(lines))
     ms.load_param_into_net(detector, {p.name: params[p.name] for p in detector.get_parameters()}, strict_load=True)
 

@@ -26,7 +26,7 @@ from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_ba
 from src.training.distributed import GracefulStop, weights_digest
 from src.training.ema import ModelEMA
 from src.training.lr_schedule import lr_scale_for, schedule_from_config
-from src.training.optimizer import build_sgd
+from src.training.optimizer import build_optimizer
 from src.training.progress import TrainProgress
 from src.training.train_step import DetectorWithLoss, TrainStep
 
@@ -147,7 +147,7 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
     amp_level = resolve_amp_level(tcfg.amp_level, opts.device_target)
     if amp_level == "O2":
         apply_o2(detector)
-    optimizer = build_sgd(detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
+    optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
                   if amp_level == "O2" else None)
