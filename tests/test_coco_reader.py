@@ -66,7 +66,7 @@ def test_layout_from_config(synthetic, tmp_path):
     (custom / "labels").mkdir(parents=True)
     shutil.copytree(os.path.join(synthetic, "val"), custom / "pictures")
     shutil.copy(os.path.join(synthetic, "annotations/instances_val.json"), custom / "labels/v.json")
-    cfg = load_config(os.path.join(CONFIG_DIR, "m2det_lite.yaml"),
+    cfg = load_config(os.path.join(os.path.dirname(CONFIG_DIR), "tests", "configs", "lite256.yaml"),
                       [f"data.root={custom}", "data.val_ann=labels/v.json", "data.val_images=pictures"])
     reader = build_reader(cfg, "val")
     assert len(reader) == 2 and reader[0] is not None

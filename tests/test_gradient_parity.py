@@ -119,7 +119,7 @@ def test_mlfpn_gradients(mode):
     """FFMv1 + shared FFMv2 + 4 TUMs + per-scale concat + the BatchNorm on the largest scale."""
     if mode == "graph":
         ms.set_context(mode=ms.GRAPH_MODE)
-    neck = build_detector(load_config("configs/m2det_lite.yaml", SMALL_LITE)).neck
+    neck = build_detector(load_config("tests/configs/lite256.yaml", SMALL_LITE)).neck
     theirs = small_lite_reference()
     del theirs.base, theirs.loc, theirs.conf
     rng = np.random.default_rng(2)
@@ -129,7 +129,7 @@ def test_mlfpn_gradients(mode):
 
 
 def test_multibox_head_gradients():
-    head = build_detector(load_config("configs/m2det_lite.yaml", SMALL_LITE)).head
+    head = build_detector(load_config("tests/configs/lite256.yaml", SMALL_LITE)).head
     full = small_lite_reference()
 
     class Holder(torch.nn.Module):

@@ -27,7 +27,7 @@ def root(tmp_path_factory):
 
 
 def config(root, *overrides):
-    return load_config(os.path.join(CONFIG_DIR, "m2det_lite.yaml"),
+    return load_config(os.path.join(os.path.dirname(CONFIG_DIR), "tests", "configs", "lite256.yaml"),
                        [f"data.root={root}", f"model.input_size={SIZE}", "data.num_workers=1", *overrides])
 
 

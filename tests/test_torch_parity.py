@@ -155,7 +155,7 @@ def lite_reference(phase):
 
 
 def test_lite_network_inference():
-    ours = build_detector(load_config("configs/m2det_lite.yaml"))
+    ours = build_detector(load_config("tests/configs/lite256.yaml"))
     randomize(ours)
     ours.set_train(False)
     theirs = lite_reference("test").eval()
@@ -189,7 +189,7 @@ def check_training_step(ours, theirs, x, shared_leach=True):
 
 
 def test_lite_network_training_mode():
-    ours = build_detector(load_config("configs/m2det_lite.yaml"))
+    ours = build_detector(load_config("tests/configs/lite256.yaml"))
     randomize(ours)
     theirs = lite_reference("train")
     copy_to_torch(ours, theirs)
@@ -219,7 +219,7 @@ def test_resnet_sfam_per_level_network():
 
 
 def test_flops_match_reference_hooks():
-    ours = build_detector(load_config("configs/m2det_lite.yaml"))
+    ours = build_detector(load_config("tests/configs/lite256.yaml"))
     theirs = lite_reference("test").eval()
     total = [0]
 
