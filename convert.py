@@ -1,11 +1,66 @@
-"""Convert PyTorch weights (vgg16_reducedfc.pth, M2Det release checkpoints) to MindSpore ckpt.
+"""Convert PyTorch weights to MindSpore checkpoints.
 
-Not implemented yet (issue 6: weight conversion, export and inference). This CLI exits with
-a clear message instead of a traceback so scripts that call it fail loudly.
+Backbone (ImageNet) weights, written next to the input unless --out is given:
+
+    python convert.py --backbone_path vgg16_reducedfc.pth                       # -> vgg16_reducedfc.ckpt
+    python convert.py --backbone_path resnet101.pth --backbone resnet101        # torchvision layout, fc dropped
+
+A whole model of the M2Det PyTorch release (m2det320_vgg.pth, m2det512_vgg.pth, m2det800_vgg.pth,
+m2det320_resnet101.pth) into a ckpt that loads into the matching config:
+
+    python convert.py --torch_ckpt m2det512_vgg.pth --config configs/m2det512_vgg.yaml --out m2det512_vgg.ckpt
+
+Files are read with torch.load(weights_only=True): a pickle that would run code is refused. The
+report lists converted, dropped, unmapped and missing tensors; a shape mismatch or a missing tensor
+is an error (exit status 1) and nothing is written.
 """
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--backbone_path", help="ImageNet backbone weights (.pth)")
+    src.add_argument("--torch_ckpt", help="a whole M2Det model of the PyTorch release (.pth)")
+    p.add_argument("--backbone", default="vgg16",
+                   choices=["vgg16", "resnet50", "resnet101", "resnext101_32x4d", "resnext101_64x4d"],
+                   help="network of --backbone_path (default vgg16: SSD's vgg16_reducedfc.pth; the "
+                        "others in torchvision's layout)")
+    p.add_argument("--config", help="config the whole model must load into (with --torch_ckpt)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="output .ckpt (default for a backbone: the input path with .ckpt)")
+    args = p.parse_args(argv)
+    if args.torch_ckpt and not (args.config and args.out):
+        p.error("--torch_ckpt needs --config and --out")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+    from src.config import ConfigError, load_config
+    from src.convert import ConversionError, convert_backbone, convert_m2det
+
+    try:
+        if args.backbone_path:
+            report, out = convert_backbone(args.backbone_path, args.backbone, args.out)
+        else:
+            out = args.out
+            report = convert_m2det(args.torch_ckpt, load_config(args.config, args.overrides), out)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except ConversionError as exc:
+        print(f"conversion failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"wrote {out}")
+    return 0
+
+
 if __name__ == "__main__":
-    print("convert.py is not implemented yet: weight conversion lands with the conversion issue "
-          "(see the status table in README.md)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

@@ -3,6 +3,17 @@
     cfg = load_config("configs/m2det320_vgg.yaml")
     detector = build_detector(cfg)      # Detector(VGG16Reduced, MLFPN, MultiBoxHead)
     priors = build_priors(cfg)          # SSDPriors matching the detector's maps
+                                        # (dense heads: the AnchorLayout the data pipeline assigns on)
+    decoder = build_output_decoder(cfg, priors)   # one image's inference outputs -> boxes, scores
+
+    model.backbone.name  vgg16 | resnet50 | resnet101 | resnext101_32x4d | resnext101_64x4d
+    model.neck.name      mlfpn (M2Det) | fpn (P3-P7 on ResNet C3-C5, stride-32 layout)
+    model.head.name      multibox (SSD) | retina | atss | gfl | vfnet | umop (ATSS head with the
+                         progressive focal loss)
+
+Every dense head runs on either neck: on MLFPN its anchor strides are the SSD prior steps
+(`priors.steps`, which `check_config` has matched to the maps: MLFPN's last scale comes from a
+"valid" conv, so its grid spacing is not twice the previous one), on FPN the neck's strides.
 
 Every build first runs `check_config`, so a config whose parts disagree fails with a
 ValueError naming the disagreeing values instead of a shape error deep in a graph.
@@ -11,30 +22,46 @@ from __future__ import annotations
 
 from typing import Callable
 
+from heads.anchors import AnchorGenerator
 from heads.multibox_head import MultiBoxHead
 from heads.priors import SSDPriors
 from m2det.backbones import ResNet, VGG16Reduced
 from m2det.backbones.resnet import resnet_sizes
 from m2det.detector import Detector
+from m2det.layers import conv_output_size, to_pair
 from m2det.necks import MLFPN
 
 # M2Det reads the shallow feature at stride 8 and the deep one at stride 16 (SPEC 1.1, 1.2)
 M2DET_RESNET_STRIDES = (1, 2, 1, 2)
 M2DET_RESNET_OUT_LAYERS = (2, 4)
+# FPN detectors: torchvision's stride-32 layout, C3-C5 at strides 8, 16, 32
+FPN_RESNET_STRIDES = (1, 2, 2, 2)
+FPN_RESNET_OUT_LAYERS = (2, 3, 4)
+
+# name -> (depth, groups, width_per_group)
+RESNETS = {
+    "resnet50": (50, 1, 64),
+    "resnet101": (101, 1, 64),
+    "resnext101_32x4d": (101, 32, 4),
+    "resnext101_64x4d": (101, 64, 4),
+}
 
 BACKBONES: dict[str, Callable] = {
     "vgg16": lambda width: VGG16Reduced(width=width),
     "resnet50": lambda width: ResNet(50, M2DET_RESNET_STRIDES, M2DET_RESNET_OUT_LAYERS, width),
     "resnet101": lambda width: ResNet(101, M2DET_RESNET_STRIDES, M2DET_RESNET_OUT_LAYERS, width),
+    "resnext101_32x4d": lambda width: ResNet(101, M2DET_RESNET_STRIDES, M2DET_RESNET_OUT_LAYERS, width,
+                                             groups=32, width_per_group=4),
+    "resnext101_64x4d": lambda width: ResNet(101, M2DET_RESNET_STRIDES, M2DET_RESNET_OUT_LAYERS, width,
+                                             groups=64, width_per_group=4),
 }
-NECKS = ("mlfpn",)
-HEADS = ("multibox",)
-
-
-def _backbone_sizes(name: str, input_size: int) -> list[tuple[int, int]]:
-    if name == "vgg16":
-        return VGG16Reduced.output_sizes(input_size)
-    return resnet_sizes(input_size, M2DET_RESNET_STRIDES, M2DET_RESNET_OUT_LAYERS)
+NECKS = ("mlfpn", "fpn")
+DENSE_HEADS = ("retina", "atss", "gfl", "vfnet", "umop")
+HEADS = ("multibox",) + DENSE_HEADS
+# the data pipeline's assignment for each dense head (SPEC 2.1 / 2.2)
+HEAD_ASSIGNERS = {"retina": "max_iou", "atss": "atss", "gfl": "atss", "vfnet": "atss", "umop": "atss"}
+# convs per tower when model.head.stacked_convs is -1 (SPEC 2.1)
+DEFAULT_STACKED_CONVS = {"retina": 4, "atss": 4, "gfl": 4, "vfnet": 3, "umop": 4}
 
 
 def _check_name(kind: str, name: str, supported) -> None:
@@ -42,12 +69,61 @@ def _check_name(kind: str, name: str, supported) -> None:
         raise ValueError(f"unsupported {kind} '{name}' (supported: {', '.join(sorted(supported))})")
 
 
+def is_dense(cfg) -> bool:
+    """True for the sigmoid one-stage heads (everything but the SSD multibox head)."""
+    return cfg.model.head.name in DENSE_HEADS
+
+
+def _resnet_layout(cfg) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if cfg.model.neck.name == "fpn":
+        return FPN_RESNET_STRIDES, FPN_RESNET_OUT_LAYERS
+    return M2DET_RESNET_STRIDES, M2DET_RESNET_OUT_LAYERS
+
+
+def _backbone_sizes(cfg, input_hw) -> list[tuple[int, int]]:
+    name = cfg.model.backbone.name
+    if name == "vgg16":
+        return VGG16Reduced.output_sizes(input_hw)
+    strides, out_layers = _resnet_layout(cfg)
+    return resnet_sizes(input_hw, strides, out_layers)
+
+
+def _fpn_sizes(cfg, backbone_sizes) -> list[tuple[int, int]]:
+    # the arithmetic of m2det.necks.fpn.FPN.output_sizes, without building the cell
+    neck = cfg.model.neck
+    sizes = [tuple(s) for s in backbone_sizes[neck.start_level:]]
+    while len(sizes) < neck.num_outs:
+        h, w = sizes[-1]
+        sizes.append((conv_output_size(h, 3, 2, 1), conv_output_size(w, 3, 2, 1)))
+    return sizes
+
+
+def head_feature_sizes(cfg, input_hw) -> list[tuple[int, int]]:
+    """(h, w) of every head input map for a network input of input_hw, by shape arithmetic."""
+    backbone = _backbone_sizes(cfg, to_pair(input_hw))
+    if cfg.model.neck.name == "fpn":
+        return _fpn_sizes(cfg, backbone)
+    return MLFPN.scale_sizes(backbone[0], cfg.model.neck.num_scales)
+
+
 def _raw_feature_map_sizes(cfg) -> list[int]:
     model = cfg.model
     _check_name("backbone", model.backbone.name, BACKBONES)
     _check_name("neck", model.neck.name, NECKS)
-    sizes = MLFPN.scale_sizes(_backbone_sizes(model.backbone.name, model.input_size)[0], model.neck.num_scales)
-    return [h for h, _ in sizes]
+    return [h for h, _ in head_feature_sizes(cfg, model.input_size)]
+
+
+def _check_fpn(cfg) -> None:
+    model = cfg.model
+    if model.backbone.name not in RESNETS:
+        raise ValueError(f"the fpn neck needs a ResNet/ResNeXt backbone (C3-C5), got '{model.backbone.name}'")
+    if model.head.name == "multibox":
+        raise ValueError("the multibox (SSD) head runs on the mlfpn neck only; use a dense head "
+                         f"({', '.join(DENSE_HEADS)}) with the fpn neck")
+    neck = model.neck
+    if not 0 <= neck.start_level < len(FPN_RESNET_OUT_LAYERS) or neck.num_outs < 1:
+        raise ValueError(f"model.neck.start_level {neck.start_level} / num_outs {neck.num_outs} do not fit "
+                         f"the {len(FPN_RESNET_OUT_LAYERS)} backbone levels C3-C5")
 
 
 def check_config(cfg) -> None:
@@ -59,17 +135,24 @@ def check_config(cfg) -> None:
     if model.num_classes < 2:
         raise ValueError(f"model.num_classes must be >= 2 (background + at least one class), "
                          f"got {model.num_classes}")
+    if model.neck.name == "fpn":
+        _check_fpn(cfg)
+        maps = _raw_feature_map_sizes(cfg)
+        if min(maps) < 1:
+            raise ValueError(f"model.input_size {model.input_size} is too small for the FPN levels {maps}")
+        return
     n = model.neck.num_scales
     if n < 2:
         raise ValueError(f"model.neck.num_scales must be >= 2, got {n}")
     problems = []
     if len(priors.steps) != n:
         problems.append(f"priors.steps has {len(priors.steps)} values {list(priors.steps)}")
-    if len(priors.aspect_ratios) != n:
-        problems.append(f"priors.aspect_ratios has {len(priors.aspect_ratios)} entries")
-    if len(priors.size_pattern) != n + 1:
-        problems.append(f"priors.size_pattern has {len(priors.size_pattern)} values "
-                        f"{list(priors.size_pattern)} (needs num_scales + 1 = {n + 1})")
+    if model.head.name == "multibox":
+        if len(priors.aspect_ratios) != n:
+            problems.append(f"priors.aspect_ratios has {len(priors.aspect_ratios)} entries")
+        if len(priors.size_pattern) != n + 1:
+            problems.append(f"priors.size_pattern has {len(priors.size_pattern)} values "
+                            f"{list(priors.size_pattern)} (needs num_scales + 1 = {n + 1})")
     if problems:
         raise ValueError(f"prior config does not match model.neck.num_scales = {n}: " + "; ".join(problems))
 
@@ -91,31 +174,121 @@ def feature_map_sizes(cfg) -> list[int]:
     return _raw_feature_map_sizes(cfg)
 
 
-def build_priors(cfg) -> SSDPriors:
-    """SSD priors on the detector's feature maps (SPEC 1.7)."""
-    return SSDPriors(input_size=cfg.model.input_size, feature_maps=feature_map_sizes(cfg),
-                     steps=list(cfg.priors.steps), size_pattern=list(cfg.priors.size_pattern),
-                     aspect_ratios=[list(r) for r in cfg.priors.aspect_ratios], clip=cfg.priors.clip)
+def head_strides(cfg, neck_levels=None) -> list[int]:
+    """Anchor stride of every head level: the prior steps on MLFPN, the neck's strides on FPN."""
+    if cfg.model.neck.name == "mlfpn":
+        return [int(round(s)) for s in cfg.priors.steps]
+    strides = [8 * 2 ** (cfg.model.neck.start_level + i) for i in range(cfg.model.neck.num_outs)]
+    if neck_levels is not None:
+        strides = [int(s) for _, s in neck_levels]
+    return strides
+
+
+def anchor_generator(cfg) -> AnchorGenerator:
+    """The dense head's anchors (SPEC 2.1): RetinaNet 9 per cell, the others one of 8 x stride."""
+    strides = head_strides(cfg)
+    if cfg.model.head.name == "retina":
+        return AnchorGenerator.retinanet(strides)
+    return AnchorGenerator.atss(strides)
+
+
+def input_policy(cfg):
+    from src.data.resize import InputPolicy
+
+    return InputPolicy.from_config(cfg)
+
+
+def build_priors(cfg):
+    """Multibox head: SSD priors on the detector's feature maps (SPEC 1.7).
+
+    Dense heads: the `AnchorLayout` of the head's anchors for every input size the data
+    pipeline produces (test size and training sizes), for target assignment.
+    """
+    check_config(cfg)
+    if not is_dense(cfg):
+        return SSDPriors(input_size=cfg.model.input_size, feature_maps=_raw_feature_map_sizes(cfg),
+                         steps=list(cfg.priors.steps), size_pattern=list(cfg.priors.size_pattern),
+                         aspect_ratios=[list(r) for r in cfg.priors.aspect_ratios], clip=cfg.priors.clip)
+    from src.data.dense_targets import AnchorLayout
+
+    policy = input_policy(cfg)
+    sizes = {hw: head_feature_sizes(cfg, hw) for hw in policy.canvases()}
+    return AnchorLayout(anchor_generator(cfg), sizes, HEAD_ASSIGNERS[cfg.model.head.name], policy.canvas())
 
 
 def build_backbone(cfg):
     check_config(cfg)
-    return BACKBONES[cfg.model.backbone.name](cfg.model.backbone.width)
+    bb = cfg.model.backbone
+    if bb.name == "vgg16":
+        return VGG16Reduced(width=bb.width, batch_norm=bb.batch_norm)
+    depth, groups, width_per_group = RESNETS[bb.name]
+    strides, out_layers = _resnet_layout(cfg)
+    return ResNet(depth, strides, out_layers, bb.width, groups=groups, width_per_group=width_per_group,
+                  frozen_stages=bb.frozen_stages, norm_eval=bb.norm_eval,
+                  dcn_stages=[bool(d) for d in bb.dcn_stages])
 
 
-def build_neck(cfg, in_levels) -> MLFPN:
+def build_neck(cfg, in_levels):
     neck = cfg.model.neck
+    if neck.name == "fpn":
+        from m2det.necks.fpn import FPN
+
+        extra = neck.add_extra_convs if neck.add_extra_convs not in ("", "none") else False
+        return FPN(in_levels, out_channels=neck.out_channels, num_outs=neck.num_outs, start_level=neck.start_level,
+                   add_extra_convs=extra, relu_before_extra_convs=neck.relu_before_extra_convs)
     return MLFPN(in_levels, base_channels=list(neck.base_channels), planes=neck.planes,
                  num_levels=neck.num_levels, num_scales=neck.num_scales, shared_ffm2=neck.shared_leach,
                  sfam=neck.sfam, sfam_reduction=neck.sfam_reduction)
 
 
+def build_head(cfg, neck_levels, priors=None):
+    """The configured head on the neck's levels [(channels, stride)]."""
+    model, head = cfg.model, cfg.model.head
+    if head.name == "multibox":
+        priors = priors if priors is not None else build_priors(cfg)
+        return MultiBoxHead(neck_levels, priors.num_anchors(), model.num_classes,
+                            neg_pos_ratio=cfg.train.neg_pos_ratio,
+                            empty_image_negatives=cfg.train.empty_image_negatives)
+    levels = [(c, s) for (c, _), s in zip(neck_levels, head_strides(cfg, None if model.neck.name == "mlfpn"
+                                                                     else neck_levels))]
+    num_classes = model.num_classes - 1          # sigmoid heads: foreground classes only
+    stacked = head.stacked_convs if head.stacked_convs >= 0 else DEFAULT_STACKED_CONVS[head.name]
+    common = dict(feat_channels=head.feat_channels, stacked_convs=stacked, nms_pre=cfg.test.nms_pre)
+    if head.name == "retina":
+        from heads.retina_head import RetinaHead
+
+        return RetinaHead(levels, num_classes, **common)
+    if head.name in ("atss", "umop"):
+        from heads.atss_head import ATSSHead
+
+        return ATSSHead(levels, num_classes, cls_loss="progressive_focal" if head.name == "umop" else "focal",
+                        **common)
+    if head.name == "gfl":
+        from heads.gfl_head import GFLHead
+
+        return GFLHead(levels, num_classes, reg_max=head.reg_max, **common)
+    from heads.vfnet_head import VFNetHead
+
+    return VFNetHead(levels, num_classes, **common)
+
+
 def build_detector(cfg) -> Detector:
-    """Backbone, MLFPN neck and multibox head as configured in `cfg.model` (and `cfg.priors`)."""
+    """Backbone, neck and head as configured in `cfg.model` (and `cfg.priors`)."""
     priors = build_priors(cfg)   # validates the config
     backbone = build_backbone(cfg)
     neck = build_neck(cfg, backbone.output_levels)
-    head = MultiBoxHead(neck.output_levels, priors.num_anchors(), cfg.model.num_classes,
-                        neg_pos_ratio=cfg.train.neg_pos_ratio,
-                        empty_image_negatives=cfg.train.empty_image_negatives)
+    head = build_head(cfg, neck.output_levels, priors)
     return Detector(backbone, neck, head)
+
+
+def build_output_decoder(cfg, priors=None):
+    """The map from one image's inference outputs to (boxes in [0, 1] of the network input,
+    scores (P, K), whether score column 0 is background), see src/postprocess.py."""
+    from src.postprocess import DenseOutputDecoder, SSDOutputDecoder
+
+    if is_dense(cfg):
+        h, w = input_policy(cfg).canvas()
+        return DenseOutputDecoder((h, w))
+    priors = priors if priors is not None else build_priors(cfg)
+    boxes = priors.boxes() if hasattr(priors, "boxes") else priors
+    return SSDOutputDecoder(boxes, cfg.priors.variance)

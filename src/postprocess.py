@@ -1,14 +1,17 @@
-"""Test-time post-processing of one image's detections (SPEC 1.10).
+"""Test-time post-processing of one image's detections (SPEC 1.10, 2.1).
 
-    decoded boxes (P, 4) in [0, 1]  --scale_boxes-->  pixels of the original image
-    softmax scores (P, C), background in column 0
-        --detect-->  per class c >= 1: score > score_threshold -> (soft-)NMS -> top keep_per_class
+    network outputs of one image --decoder--> boxes (P, 4) in [0, 1] of the network input,
+                                              scores (P, K), has_background
+    --scale_boxes-->  pixels of the original image
+        --detect-->  per class: score > score_threshold -> (soft-)NMS -> top keep_per_class
                      then top max_per_image over all classes
-        -->  boxes (K, 4), scores (K,), labels (K,) in 1..C-1
+        -->  boxes (K, 4), scores (K,), labels (K,) = dataset label + 1
 
-``detect`` is the one function that evaluation, export checks and inference all call, so
-they cannot drift apart. Decoding the network's regression output is not done here (see
-``heads.box_coder.SSDBoxCoder.decode``).
+Scores are either softmax with the background in column 0 (multibox head; classes are
+columns 1..C-1) or per-class sigmoids without a background column (dense heads; column c is
+dataset label c). ``detect`` is the one function that evaluation, export checks and inference
+all call, so they cannot drift apart. The decoders (`SSDOutputDecoder`, `DenseOutputDecoder`,
+chosen by `m2det.builder.build_output_decoder`) turn a head's `predict` outputs into that form.
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def _empty() -> Detections:
 def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.1,
            nms_method: str = "linear", nms_threshold: float = 0.3, soft_sigma: float = 0.5,
            soft_min_score: float = 0.001, keep_per_class: Optional[int] = 50,
-           max_per_image: Optional[int] = 100, pixel_offset: bool = True) -> Detections:
+           max_per_image: Optional[int] = 100, pixel_offset: bool = True,
+           has_background: bool = True) -> Detections:
     """Per-class score threshold, NMS and top-k for one image.
 
     For every foreground class c (score column c >= 1): keep the boxes with
@@ -60,7 +64,8 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         boxes: (P, 4) decoded corner boxes, in the coordinates wanted on output (pixels
             of the original image for evaluation, see :func:`scale_boxes`); one box per
             prior, shared by all classes.
-        scores: (P, C) class probabilities (softmax), background in column 0.
+        scores: (P, C) class probabilities: softmax with the background in column 0, or
+            (``has_background=False``) per-class sigmoids, column c = dataset label c.
         score_threshold: candidates need a score strictly above it (reference: 0.1).
         nms_method: ``'linear'``, ``'gaussian'`` or ``'hard'`` - the soft-NMS weightings
             (``nms.soft_nms``) - or ``'nms'``: plain greedy NMS (``nms.nms``).
@@ -72,12 +77,16 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         max_per_image: at most this many boxes in total; None or <= 0: no limit.
         pixel_offset: the "+1 pixel" IoU (w = x2 - x1 + 1) of the reference, which
             assumes pixel coordinates; False for continuous coordinates.
+        has_background: whether score column 0 is the background (and skipped). The dense
+            heads' settings (SPEC 2.1) are score_threshold 0.05, nms_method 'nms',
+            nms_threshold 0.6, keep_per_class 0, max_per_image 100, pixel_offset False, with
+            has_background False (their configs' `test:` section).
 
     Returns:
         :class:`Detections` ``(boxes (K, 4) float32, scores (K,) float32, labels (K,)
         int64)``, sorted by decreasing score (ties: class order, then NMS order).
-        ``labels`` are score-column indices 1..C-1; the dataset's 0-based label is
-        ``label - 1`` (see ``src.evaluation.coco_eval.detections_to_coco``).
+        ``labels`` are the dataset's 0-based label + 1 (the score-column index when column 0
+        is the background) - see ``src.evaluation.coco_eval.detections_to_coco``.
 
     The reference's soft-NMS call and why the defaults are what they are: the reference
     runs ``cpu_soft_nms(dets, 0.45, method=1)`` against the signature
@@ -97,10 +106,9 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
     if scores.ndim != 2 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"scores must be (P, C) with P = {boxes.shape[0]}, got {scores.shape}")
 
-    # One vectorised threshold over all classes; transposed so that np.nonzero lists the
-    # candidates class by class. Classes without a candidate never reach the loop.
-    fg = scores[:, 1:]
-    cls, rows = np.nonzero((fg > score_threshold).T)
+    # Classes without a candidate never reach the loop.
+    fg = scores[:, 1:] if has_background else scores
+    cls, rows = _candidates(fg, score_threshold)
     if cls.size == 0:
         return _empty()
     starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
@@ -126,9 +134,85 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
     return Detections(dets[order, :4], dets[order, 4], labels[order])
 
 
+def _candidates(fg: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(class column, row) of every score above `threshold`, class by class, rows ascending
+    within a class: what ``np.nonzero((fg > threshold).T)`` returns, ~4x faster.
+
+    np.nonzero of a 2-D (transposed) mask walks it element by element to build two index
+    arrays; the flat, row-major scan is a fast 1-D pass, and a stable sort of the few
+    thousand hits by class restores the class-major order (rows stay ascending).
+    """
+    num_classes = fg.shape[1]
+    flat = np.flatnonzero(fg > threshold)
+    cls = flat % num_classes
+    order = np.argsort(cls, kind="stable")
+    return cls[order], flat[order] // num_classes
+
+
 def _suppress(dets: np.ndarray, method: str, threshold: float, sigma: float, min_score: float,
               pixel_offset: bool) -> np.ndarray:
     if method == "nms":
         return nms(dets, iou_threshold=threshold, pixel_offset=pixel_offset)
     return soft_nms(dets, method=method, iou_threshold=threshold, sigma=sigma,
                     score_threshold=min_score, pixel_offset=pixel_offset)
+
+
+class SSDOutputDecoder:
+    """Multibox head: (loc offsets (P, 4), softmax scores (P, C)) of one image -> (boxes in [0, 1],
+    scores, has_background=True); decoded against the SSD priors, not clipped (the reference)."""
+
+    has_background = True
+    clip = False
+
+    def __init__(self, priors: np.ndarray, variances=(0.1, 0.2)):
+        from heads.box_coder import SSDBoxCoder
+
+        self.priors = np.asarray(priors, dtype=np.float32)
+        self.coder = SSDBoxCoder(variances)
+        # prior centres and sizes as contiguous arrays, once rather than per image
+        self._prior_xy = np.ascontiguousarray(self.priors[:, :2])
+        self._prior_wh = np.ascontiguousarray(self.priors[:, 2:])
+
+    def __call__(self, outputs) -> tuple[np.ndarray, np.ndarray, bool]:
+        loc, scores = outputs
+        return self.decode(loc), scores, self.has_background
+
+    def decode(self, loc: np.ndarray) -> np.ndarray:
+        """`SSDBoxCoder.decode(loc, priors)` for one image's (P, 4) offsets, bit for bit, without
+        its per-call copies of the priors and the two concatenations."""
+        from heads.box_coder import MAX_LOG_SCALE
+
+        loc = np.asarray(loc, dtype=np.float32)
+        if loc.shape != self.priors.shape:
+            return self.coder.decode(loc, self.priors)
+        v0, v1 = self.coder.variances
+        # the same operations in the same order as SSDBoxCoder.decode and center_to_corner
+        centre = loc[:, :2] * v0
+        centre *= self._prior_wh
+        centre += self._prior_xy
+        half = np.minimum(loc[:, 2:] * v1, MAX_LOG_SCALE)
+        np.exp(half, out=half)
+        half *= self._prior_wh
+        half /= 2
+        boxes = np.empty(loc.shape, dtype=np.float32)
+        np.subtract(centre, half, out=boxes[:, :2])
+        np.add(centre, half, out=boxes[:, 2:])
+        return boxes
+
+
+class DenseOutputDecoder:
+    """Dense heads: (boxes (K, 4) in network-input pixels, sigmoid scores (K, C)) of one image
+    (already decoded and pre-NMS top-k'd in the graph by `head.predict`) -> (boxes in [0, 1] of
+    the (H, W) input, scores, has_background=False). Boxes are clipped to the image afterwards,
+    as mmdetection clips to the image shape."""
+
+    has_background = False
+    clip = True
+
+    def __init__(self, input_hw):
+        h, w = (int(v) for v in input_hw)
+        self.scale = np.array([w, h, w, h], dtype=np.float32)
+
+    def __call__(self, outputs) -> tuple[np.ndarray, np.ndarray, bool]:
+        boxes, scores = outputs
+        return np.asarray(boxes, dtype=np.float32) / self.scale, scores, self.has_background

@@ -1,19 +1,26 @@
 """mindspore.dataset pipelines for training and evaluation.
 
     train = create_train_dataset(cfg, priors, batch_size=16, seed=1)
-    for image, loc_t, conf_t in train.create_tuple_iterator(num_epochs=E): ...
-        # image (B, 3, S, S) float32, loc_t (B, P, 4) float32, conf_t (B, P) int32
+    for image, *targets in train.create_tuple_iterator(num_epochs=E): ...
+        # multibox head: image (B, 3, S, S) float32, loc_t (B, P, 4) float32, conf_t (B, P) int32
+        # dense heads:   image (B, 3, H, W) float32, labels (B, N) int32, boxes (B, N, 4) float32
+        #                (src/data/dense_targets.py; `priors` is then the head's AnchorLayout)
     train.data_info.steps_per_epoch, train.data_info.label_to_cat_id
 
     val = create_test_dataset(cfg, split="val")
     for image, image_id, orig_hw in val.create_tuple_iterator(): ...
-        # image (B, 3, S, S), image_id (B,) int64, orig_hw (B, 2) int32 (height, width)
+        # image (B, 3, H, W), image_id (B,) int64, orig_hw (B, 2) int32 (height, width)
+
+The network input size follows `src.data.resize.InputPolicy` (square S x S, or keep-ratio on a
+fixed canvas); with `data.train_sizes` every training batch draws its own size (multi-scale).
 
 Determinism. Shuffling and sharding are done by `EpochSampler`, not by MindSpore: each
 epoch's order is a permutation drawn from (seed, epoch), and every sample's augmentation
 uses its own generator `default_rng([seed, epoch, index])`. The sampler hands the worker
-the token `epoch * N + index`, so the result does not depend on which worker process
-handles a sample or how many there are; the same seed gives the same batches.
+the token `(epoch * S + position) * N + index` (S samples per shard and epoch, N images), so
+the result does not depend on which worker process handles a sample or how many there are;
+the same seed gives the same batches. The position gives the batch index, from which a
+multi-scale batch's size is drawn.
 
 Sharding (distributed training): the epoch's permutation is the same on every rank; rank
 r takes positions r, r + n, r + 2n, ... . For training, the permutation is padded by
@@ -39,12 +46,15 @@ import numpy as np
 from heads.assigners.max_iou import MaxIoUAssigner
 from heads.box_coder import SSDBoxCoder
 from src.data.coco import CocoDetection
+from src.data.dense_targets import AnchorLayout, DenseTargetEncoder
+from src.data.resize import InputPolicy, KeepRatioTrainTransform, keep_ratio_input
 from src.data.targets import SSDTargetEncoder
 from src.data.transforms import SSDPlainTransform, SSDTrainTransform, preprocess_for_test
 
 logger = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["image", "loc_t", "conf_t"]
+DENSE_TRAIN_COLUMNS = ["image", "labels", "boxes"]
 TEST_COLUMNS = ["image", "image_id", "orig_hw"]
 
 
@@ -63,7 +73,7 @@ def build_reader(cfg, split: str = "train") -> CocoDetection:
 # ---------------------------------------------------------------------- sampler
 
 class EpochSampler(ds.Sampler):
-    """Per-epoch order for one shard, as tokens `epoch * N + index`.
+    """Per-epoch order for one shard, as tokens `(epoch * S + position) * N + index` (S = len(self)).
 
     MindSpore calls `__iter__` once per epoch on its own copy of the sampler, so the
     epoch number is the count of those calls (plus `start_epoch` when resuming).
@@ -113,8 +123,15 @@ class EpochSampler(ds.Sampler):
         self._epochs_started += 1
         if self.on_epoch is not None:
             self.on_epoch(epoch)
-        for index in self.indices(epoch):
-            yield int(epoch * self.num_items + index)
+        per_epoch = len(self)
+        for position, index in enumerate(self.indices(epoch)):
+            yield int((epoch * per_epoch + position) * self.num_items + index)
+
+    def decode(self, token: int) -> tuple[int, int, int]:
+        """token -> (epoch, position in the shard's epoch, image index)."""
+        rest, index = divmod(int(token), self.num_items)
+        epoch, position = divmod(rest, len(self))
+        return epoch, position, index
 
 
 class _SkipReporter:
@@ -143,22 +160,40 @@ def _limit_cv2_threads() -> None:
 
 
 class TrainSource:
-    """Random-access source: token -> (image CHW float32, loc_t (P, 4), conf_t (P,))."""
+    """Random-access source: token -> (image CHW float32, *targets).
 
-    def __init__(self, reader: CocoDetection, transform: Callable, encoder: SSDTargetEncoder,
-                 seed: int):
+    transform(image, boxes, labels, rng, size) -> (image, boxes normalised to the input, labels);
+    encoder(boxes, labels, input_hw) -> targets (SSDTargetEncoder ignores the size: its priors
+    are fixed). With several training sizes, `policy.choose_size` picks one per batch.
+    """
+
+    def __init__(self, reader: CocoDetection, transform: Callable, encoder: Callable, seed: int,
+                 sampler: Optional["EpochSampler"] = None, batch_size: int = 1,
+                 policy: Optional[InputPolicy] = None):
         self.reader = reader
         self.transform = transform
         self.encoder = encoder
         self.seed = seed
+        self.per_epoch = len(sampler) if sampler is not None else None
+        self.batch_size = max(1, int(batch_size))
+        self.policy = policy
 
     def __len__(self) -> int:
         return len(self.reader)
 
+    def decode(self, token: int) -> tuple[int, int, int]:
+        """token -> (epoch, position, image index); see EpochSampler."""
+        n = len(self.reader)
+        rest, index = divmod(int(token), n)
+        if self.per_epoch is None:
+            return rest, 0, index
+        epoch, position = divmod(rest, self.per_epoch)
+        return epoch, position, index
+
     def load(self, token: int):
         """(image, boxes, labels, rng) for a sampler token, substituting unreadable images."""
         n = len(self.reader)
-        epoch, index = divmod(int(token), n)
+        epoch, _, index = self.decode(token)
         rng = np.random.default_rng([self.seed, epoch, index])
         for step in range(n):
             record = self.reader[(index + step) % n]
@@ -166,24 +201,61 @@ class TrainSource:
                 return record.image, record.boxes, record.labels, rng
         raise RuntimeError(f"no readable image in {self.reader.image_dir}")
 
+    def size_of(self, token: int) -> Optional[int]:
+        if self.policy is None:
+            return None
+        epoch, position, _ = self.decode(token)
+        return self.policy.choose_size(self.seed, epoch, position // self.batch_size)
+
     def __getitem__(self, token: int):
         _limit_cv2_threads()
         image, boxes, labels, rng = self.load(token)
-        image, boxes, labels = self.transform(image, boxes, labels, rng)
-        loc_t, conf_t = self.encoder(boxes, labels)
-        return image, loc_t, conf_t
+        size = self.size_of(token)
+        image, boxes, labels = self.transform(image, boxes, labels, rng, size)
+        return (image,) + tuple(self.encoder(boxes, labels, image.shape[1:]))
+
+
+class SizedTransforms:
+    """One square transform per training size: (image, boxes, labels, rng, size) -> sample."""
+
+    def __init__(self, make: Callable[[int], Callable], sizes):
+        self.by_size = {int(s): make(int(s)) for s in sizes}
+        self.default = next(iter(self.by_size.values()))
+
+    def __call__(self, image, boxes, labels, rng, size=None):
+        transform = self.default if size is None else self.by_size[int(size)]
+        return transform(image, boxes, labels, rng)
+
+
+class _SizeFreeEncoder:
+    """SSD targets do not depend on the input size (one prior set): drop the size argument."""
+
+    def __init__(self, encoder: SSDTargetEncoder):
+        self.encoder = encoder
+
+    def __call__(self, boxes, labels, input_hw=None):
+        return self.encoder(boxes, labels)
 
 
 class TestSource:
     """Random-access source: token -> (image CHW float32, image_id int64, orig_hw (2,) int32)."""
 
-    def __init__(self, reader: CocoDetection, size: int, mean):
+    def __init__(self, reader: CocoDetection, size: int, mean, policy: Optional[InputPolicy] = None,
+                 std=None, rgb: bool = False):
         self.reader = reader
         self.size = size
         self.mean = tuple(float(v) for v in mean)
+        self.policy = policy or InputPolicy("square", int(size))
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.rgb = bool(rgb)
 
     def __len__(self) -> int:
         return len(self.reader)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        if self.policy.mode == "square":
+            return preprocess_for_test(image, self.policy.test_size, self.mean, std=self.std, rgb=self.rgb)
+        return keep_ratio_input(image, self.policy, None, self.mean, self.std, self.rgb)
 
     def __getitem__(self, token: int):
         _limit_cv2_threads()
@@ -193,9 +265,9 @@ class TestSource:
         if record is None:
             # blank input (zeros after mean subtraction): the id still reaches the evaluator
             h, w = self.reader.image_sizes[index]
-            return (np.zeros((3, self.size, self.size), np.float32), image_id,
+            return (np.zeros((3,) + self.policy.canvas(), np.float32), image_id,
                     np.array([h, w], dtype=np.int32))
-        image = preprocess_for_test(record.image, self.size, self.mean)
+        image = self.preprocess(record.image)
         return image, image_id, np.array(record.orig_size, dtype=np.int32)
 
 
@@ -244,14 +316,52 @@ def _priors_array(priors) -> np.ndarray:
     return np.asarray(priors.boxes() if hasattr(priors, "boxes") else priors, dtype=np.float32)
 
 
+def _normalisation(cfg) -> dict:
+    data = cfg.data
+    std = data.get("std")
+    return {"std": None if not std else [float(v) for v in std], "rgb": bool(data.get("rgb", False))}
+
+
+def _train_transform(cfg, policy: InputPolicy) -> Callable:
+    data = cfg.data
+    norm = _normalisation(cfg)
+    if policy.mode == "keep_ratio":
+        return KeepRatioTrainTransform(policy, data.mean, flip_p=0.5 if data.augment else 0.0, **norm)
+    if data.augment:
+        def make(size):
+            return SSDTrainTransform(size, data.mean, expand_p=float(data.get("expand_prob", 0.6)),
+                                     expand_max_ratio=float(data.get("expand_max_ratio", 4.0)),
+                                     crop_require_all=bool(data.get("crop_require_all", True)), **norm)
+    else:
+        def make(size):
+            return SSDPlainTransform(size, data.mean, **norm)
+    return SizedTransforms(make, policy.sizes)
+
+
+def _train_encoder(cfg, priors, policy: InputPolicy) -> tuple[Callable, list]:
+    if isinstance(priors, AnchorLayout):
+        missing = [hw for hw in policy.canvases() if hw not in priors.feature_sizes]
+        if missing:
+            raise ValueError(f"the anchor layout has no feature sizes for the input sizes {missing}")
+        return DenseTargetEncoder(priors, priors.assigner), DENSE_TRAIN_COLUMNS
+    if policy.multi_scale or policy.mode != "square":
+        raise ValueError("the multibox head has one fixed prior set: it needs data.resize_mode 'square' "
+                         "and no data.train_sizes other than model.input_size")
+    encoder = SSDTargetEncoder(_priors_array(priors), SSDBoxCoder(cfg.priors.variance),
+                               MaxIoUAssigner(pos_threshold=float(cfg.data.match_threshold)))
+    return _SizeFreeEncoder(encoder), TRAIN_COLUMNS
+
+
 def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int] = None,
                          shard_id: Optional[int] = None, seed: Optional[int] = None,
                          start_epoch: int = 0, num_workers: Optional[int] = None):
-    """Batched training dataset of (image (B,3,S,S), loc_t (B,P,4), conf_t (B,P)).
+    """Batched training dataset of (image (B,3,H,W), *targets).
 
     Args:
         cfg: the loaded config (uses cfg.data, cfg.model.input_size, cfg.priors.variance).
-        priors: (P, 4) (cx, cy, w, h) array or an `SSDPriors`.
+        priors: the multibox head's (P, 4) (cx, cy, w, h) array or `SSDPriors` -> targets
+            (loc_t (B,P,4), conf_t (B,P)); or a dense head's `AnchorLayout` (m2det.builder.
+            build_priors) -> targets (labels (B,N), boxes (B,N,4)).
         batch_size: images per batch on this shard; the last partial batch is dropped.
         num_shards, shard_id: distributed data parallelism (both or neither).
         seed: shuffling and augmentation seed (default cfg.train.seed).
@@ -262,20 +372,14 @@ def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int]
     seed = int(cfg.train.seed if seed is None else seed)
     num_shards, shard_id = _check_shards(num_shards, shard_id)
     reader = build_reader(cfg, "train")
-    size = int(cfg.model.input_size)
-    data = cfg.data
-    if data.augment:
-        transform = SSDTrainTransform(size, data.mean, expand_p=float(data.get("expand_prob", 0.6)),
-                                      expand_max_ratio=float(data.get("expand_max_ratio", 4.0)),
-                                      crop_require_all=bool(data.get("crop_require_all", True)))
-    else:
-        transform = SSDPlainTransform(size, data.mean)
-    encoder = SSDTargetEncoder(_priors_array(priors), SSDBoxCoder(cfg.priors.variance),
-                               MaxIoUAssigner(pos_threshold=float(data.match_threshold)))
+    policy = InputPolicy.from_config(cfg)
+    transform = _train_transform(cfg, policy)
+    encoder, columns = _train_encoder(cfg, priors, policy)
     sampler = EpochSampler(len(reader), seed, shuffle=True, num_shards=num_shards, shard_id=shard_id,
                            pad=True, start_epoch=start_epoch, on_epoch=_SkipReporter(reader))
-    dataset = _generator(TrainSource(reader, transform, encoder, seed), TRAIN_COLUMNS, sampler,
-                         _workers(cfg, num_workers))
+    source = TrainSource(reader, transform, encoder, seed, sampler=sampler, batch_size=batch_size,
+                         policy=policy if policy.multi_scale else None)
+    dataset = _generator(source, columns, sampler, _workers(cfg, num_workers))
     dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset.data_info = DataInfo(reader, len(reader), len(sampler), batch_size,
                                  len(sampler) // batch_size, reader.label_to_cat_id, reader.cat_names)
@@ -287,7 +391,7 @@ def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int]
 def create_test_dataset(cfg, split: str = "val", batch_size: int = 1,
                         num_shards: Optional[int] = None, shard_id: Optional[int] = None,
                         num_workers: Optional[int] = None):
-    """Evaluation dataset of (image (B,3,S,S), image_id (B,), orig_hw (B,2)), in image-id order.
+    """Evaluation dataset of (image (B,3,H,W), image_id (B,), orig_hw (B,2)), in image-id order.
 
     The last batch may be smaller than `batch_size`. The returned dataset has `.data_info`.
     """
@@ -295,7 +399,8 @@ def create_test_dataset(cfg, split: str = "val", batch_size: int = 1,
     reader = build_reader(cfg, split)
     sampler = EpochSampler(len(reader), seed=0, shuffle=False, num_shards=num_shards,
                            shard_id=shard_id, pad=False, on_epoch=_SkipReporter(reader))
-    source = TestSource(reader, int(cfg.model.input_size), cfg.data.mean)
+    source = TestSource(reader, int(cfg.model.input_size), cfg.data.mean, InputPolicy.from_config(cfg),
+                        **_normalisation(cfg))
     dataset = _generator(source, TEST_COLUMNS, sampler, _workers(cfg, num_workers))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     dataset.data_info = DataInfo(reader, len(reader), len(sampler), batch_size,

@@ -230,20 +230,26 @@ def filter_small_boxes(boxes: np.ndarray, labels: np.ndarray,
 
 # ---------------------------------------------------------------------- network input
 
-def to_network_input(image: np.ndarray, mean: Sequence[float]) -> np.ndarray:
-    """uint8 HWC BGR -> float32 CHW, BGR, 0-255 minus `mean` (per channel, BGR order)."""
+def to_network_input(image: np.ndarray, mean: Sequence[float], std: Optional[Sequence[float]] = None,
+                     rgb: bool = False) -> np.ndarray:
+    """uint8 HWC BGR -> float32 CHW, 0-255 minus `mean` (per channel, BGR order), divided by
+    `std` when given (also BGR order); `rgb` puts the channels in RGB order afterwards
+    (torchvision-style backbones)."""
     height, width = image.shape[:2]
     out = np.empty((3, height, width), dtype=np.float32)
     # cv2.split gives contiguous planes; subtracting into the output avoids a transpose copy
     for c, plane in enumerate(cv2.split(image)):
         np.subtract(plane, np.float32(mean[c]), out=out[c], dtype=np.float32)
-    return out
+        if std is not None and float(std[c]) != 1.0:
+            out[c] /= np.float32(std[c])
+    return out[::-1].copy() if rgb else out
 
 
 def preprocess_for_test(image: np.ndarray, size: int, mean: Sequence[float],
-                        interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+                        interpolation: int = cv2.INTER_LINEAR, std: Optional[Sequence[float]] = None,
+                        rgb: bool = False) -> np.ndarray:
     """Evaluation / inference: plain (aspect-changing) linear resize to size x size, minus mean."""
-    return to_network_input(cv2.resize(image, (size, size), interpolation=interpolation), mean)
+    return to_network_input(cv2.resize(image, (size, size), interpolation=interpolation), mean, std, rgb)
 
 
 class SSDTrainTransform:
@@ -255,9 +261,11 @@ class SSDTrainTransform:
 
     def __init__(self, size: int, mean: Sequence[float], expand_p: float = 0.6,
                  expand_max_ratio: float = 4.0, crop_require_all: bool = True,
-                 min_box_side: float = 0.01):
+                 min_box_side: float = 0.01, std: Optional[Sequence[float]] = None, rgb: bool = False):
         self.size = int(size)
         self.mean = tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.rgb = bool(rgb)
         self.expand_p = expand_p
         self.expand_max_ratio = expand_max_ratio
         self.crop_require_all = crop_require_all
@@ -268,7 +276,7 @@ class SSDTrainTransform:
         # images without boxes and the fallback: resized as-is (random interpolation, as the
         # release reuses its training resize for them)
         out, norm_boxes, labels = resize(image, boxes, labels, rng, self.size)
-        return to_network_input(out, self.mean), norm_boxes, labels
+        return to_network_input(out, self.mean, self.std, self.rgb), norm_boxes, labels
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  rng: np.random.Generator) -> Sample:
@@ -285,20 +293,24 @@ class SSDTrainTransform:
         b, lab = filter_small_boxes(b, lab, self.min_box_side)
         if len(b) == 0:
             return self._plain(image, boxes, labels, rng)
-        return to_network_input(img, self.mean), b, lab
+        return to_network_input(img, self.mean, self.std, self.rgb), b, lab
 
 
 class SSDPlainTransform:
     """Training without augmentation (cfg.data.augment = false): the test preprocessing,
     with the boxes normalised to [0, 1]. Same call signature as SSDTrainTransform."""
 
-    def __init__(self, size: int, mean: Sequence[float]):
+    def __init__(self, size: int, mean: Sequence[float], std: Optional[Sequence[float]] = None,
+                 rgb: bool = False):
         self.size = int(size)
         self.mean = tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.rgb = bool(rgb)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  rng: np.random.Generator) -> Sample:
         height, width = image.shape[:2]
         scale = np.array([width, height, width, height], dtype=np.float32)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / scale
-        return preprocess_for_test(image, self.size, self.mean), boxes, np.asarray(labels).reshape(-1)
+        return (preprocess_for_test(image, self.size, self.mean, std=self.std, rgb=self.rgb), boxes,
+                np.asarray(labels).reshape(-1))

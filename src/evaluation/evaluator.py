@@ -1,7 +1,8 @@
 """Run a detector over an evaluation split and score it with COCO AP.
 
-    network (loc, softmax scores) -> SSDBoxCoder.decode -> scale to the original image ->
-    postprocess.detect (per-class threshold + soft-NMS + top-k) -> COCO results -> COCOeval
+    network outputs -> output decoder (m2det.builder.build_output_decoder: SSD offsets + softmax,
+    or a dense head's in-graph boxes + sigmoids) -> scale to the original image ->
+    postprocess.detect (per-class threshold + (soft-)NMS + top-k) -> COCO results -> COCOeval
 
 Network time (forward, including the device->host copy) and post-processing time (decode,
 NMS, conversion) are measured separately, per image, Detectron-style.
@@ -16,8 +17,8 @@ from typing import Iterator
 import mindspore as ms
 import numpy as np
 
-from heads.box_coder import SSDBoxCoder
 from src.data.pipeline import create_test_dataset
+from src.data.resize import InputPolicy
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
 from src.postprocess import Detections, detect, scale_boxes
 from src.utils.io import write_json_atomic
@@ -32,27 +33,47 @@ def detect_kwargs(test_cfg) -> dict:
     return {k: test_cfg[k] for k in keys}
 
 
-def iterate_detections(detector, dataset, priors: np.ndarray, coder: SSDBoxCoder, test_cfg,
-                       timings: dict) -> Iterator[tuple[int, int, int, Detections]]:
+def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, width: int,
+                       clip: bool = False) -> np.ndarray:
+    """Boxes in [0, 1] of the network input -> pixels of the original height x width image."""
+    if policy.mode == "square":
+        out = scale_boxes(boxes, width, height)
+    else:
+        canvas_h, canvas_w = policy.canvas()
+        sx, sy = policy.scale((height, width))
+        out = np.asarray(boxes, dtype=np.float32) * np.array(
+            [canvas_w / sx, canvas_h / sy, canvas_w / sx, canvas_h / sy], dtype=np.float32)
+    if clip:
+        out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
+        out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
+    return out
+
+
+def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
+                       policy: InputPolicy | None = None) -> Iterator[tuple[int, int, int, Detections]]:
     """Yield (image_id, height, width, detections in original pixels) for every image.
 
-    Batches are padded to the dataset's batch size so GRAPH mode compiles one shape only.
+    decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background)
+    (m2det.builder.build_output_decoder). Batches are padded to the dataset's batch size so
+    GRAPH mode compiles one shape only.
     """
     kwargs = detect_kwargs(test_cfg)
     batch_size = dataset.data_info.batch_size
     for images, image_ids, sizes in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
         n = images.shape[0]
+        if policy is None:
+            policy = InputPolicy("square", int(images.shape[-1]))
         if n < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
         start = time.perf_counter()
-        loc, scores = detector(ms.Tensor(images))
-        loc, scores = loc.asnumpy()[:n], scores.asnumpy()[:n]
+        outputs = [o.asnumpy()[:n] for o in detector(ms.Tensor(images))]
         timings["network_s"] += time.perf_counter() - start
         start = time.perf_counter()
         for i in range(n):
             height, width = (int(v) for v in sizes[i])
-            boxes = scale_boxes(coder.decode(loc[i], priors), width, height)
-            dets = detect(boxes, scores[i], **kwargs)
+            boxes, scores, has_background = decoder([o[i] for o in outputs])
+            boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
+            dets = detect(boxes, scores, has_background=has_background, **kwargs)
             timings["postprocess_s"] += time.perf_counter() - start
             yield int(image_ids[i]), height, width, dets
             start = time.perf_counter()
@@ -65,11 +86,13 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     detector.set_train(False)
     dataset = create_test_dataset(cfg, split=split, batch_size=batch_size)
     info = dataset.data_info
-    prior_boxes = priors.boxes() if hasattr(priors, "boxes") else np.asarray(priors)
-    coder = SSDBoxCoder(cfg.priors.variance)
+    from m2det.builder import build_output_decoder
+
+    decoder = build_output_decoder(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
     results, drawn = [], []
-    for image_id, _, _, dets in iterate_detections(detector, dataset, prior_boxes, coder, cfg.test, timings):
+    for image_id, _, _, dets in iterate_detections(detector, dataset, decoder, cfg.test, timings,
+                                                   InputPolicy.from_config(cfg)):
         results += detections_to_coco(image_id, dets.boxes, dets.scores, dets.labels, info.label_to_cat_id)
         if len(drawn) < draw:
             drawn.append((image_id, dets))
@@ -98,7 +121,7 @@ def _draw(reader, drawn, names, folder: str) -> None:
         image = reader.load_image(index_of[image_id])
         if image is None:
             continue
-        # detect() labels are score columns (1..C-1); names are dataset labels (0..K-1)
+        # detect() labels are dataset labels + 1; names are indexed by dataset label (0..K-1)
         picture = draw_detections(image, dets.boxes, dets.scores, dets.labels - 1, names)
         cv2.imwrite(os.path.join(folder, f"{image_id}.jpg"), picture)
 

@@ -1,0 +1,288 @@
+"""MindSpore vs PyTorch on the same M2Det with the same weights, in one process (issue 8).
+
+    .venv/bin/python bench/bench_vs_torch.py                  # full mode: 320 and 512 VGG (~30 min on 2 cores)
+    .venv/bin/python bench/bench_vs_torch.py --short          # CI mode: lite config, one repetition
+    .venv/bin/python bench/bench_vs_torch.py --configs configs/m2det320_vgg.yaml --batches 1 --reps 5
+
+Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) round-robin:
+
+    forward, batch 1 and 8   our Detector in inference mode (softmax included), the same network
+                             with BatchNorm folded into the convolutions (src/export/fold_bn.py,
+                             the inference network), and tests/reference/torch_m2det.py
+    train step, batch 2      forward + MultiBox loss + backward + global-norm clip + SGD
+                             (momentum, weight decay): the project's TrainStep against the same
+                             step written in PyTorch (bench/harness.py)
+
+In full mode each config's forward cases, and its train step, run in a fresh process (MindSpore
+keeps the memory pool it grew for the largest case: 512 at batch 8 and then a training step in one
+process exceed 24 GiB); MindSpore and PyTorch still alternate inside that process.
+
+Reported: medians of `--reps` timed calls after one untimed call (MindSpore's compiles), the
+MindSpore/PyTorch ratio, the GFLOPs of the case (2 x multiply-adds of the convolutions, counted
+by m2det.summary.count_flops; a train step is counted as 3 x forward), the achieved GFLOP/s and
+its fraction of the best 3x3 convolution GFLOP/s MindSpore reaches on this machine (measured
+first, by the same harness).
+
+Threads: both frameworks get `--threads` (default 2). OMP_WAIT_POLICY defaults to PASSIVE for
+PyTorch's OpenMP pool: with the default spinning barriers a loaded machine makes PyTorch 2-3x
+slower at 2 threads (one descheduled thread stalls every parallel region), which would flatter
+MindSpore. `--omp-wait-policy active` gives OpenMP's own default (best on an idle machine).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FULL_CONFIGS = ["configs/m2det320_vgg.yaml", "configs/m2det512_vgg.yaml"]
+SHORT_CONFIGS = ["configs/m2det_lite.yaml"]
+CONV_SHAPES_FULL = ((1, 256, 40, 40), (1, 512, 40, 40), (1, 256, 80, 80), (8, 256, 20, 20))
+CONV_SHAPES_SHORT = ((1, 64, 32, 32),)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", action="store_true",
+                        help="CI mode: lite config, forward at batch 1, train step at batch 2, one repetition")
+    parser.add_argument("--configs", nargs="+", help=f"config files (full: {' '.join(FULL_CONFIGS)})")
+    parser.add_argument("--batches", nargs="+", type=int, help="forward batch sizes (full: 1 8)")
+    parser.add_argument("--train_batch", type=int, default=2, help="train-step batch size")
+    parser.add_argument("--cases", nargs="+", choices=["forward", "train"], default=["forward", "train"])
+    parser.add_argument("--reps", type=int, help="timed repetitions per case (full: 3, short: 1)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework")
+    parser.add_argument("--omp_wait_policy", choices=["passive", "active", "keep"], default="passive",
+                        help="PyTorch's OpenMP barrier policy (see above); keep = leave the environment alone")
+    parser.add_argument("--no_fold", action="store_true", help="skip the BN-folded inference network")
+    parser.add_argument("--no_conv_peak", action="store_true", help="skip the 3x3-convolution ceiling")
+    parser.add_argument("--json", help="also write the rows and the settings to this file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peak", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every config")
+    args = parser.parse_args(argv)
+    args.configs = args.configs or (SHORT_CONFIGS if args.short else FULL_CONFIGS)
+    args.batches = args.batches or ([1] if args.short else [1, 8])
+    args.reps = args.reps or (1 if args.short else 3)
+    return args
+
+
+def forward_rows(cfg, batches, reps, fold: bool, peak: float | None) -> list[dict]:
+    import mindspore as ms
+    import numpy as np
+    import torch
+
+    from bench import harness as H
+    from m2det.summary import count_flops
+
+    detector, reference = H.build_pair(cfg)
+    flops, _ = count_flops(detector, cfg.model.input_size)
+    networks = [("mindspore", detector)]
+    if fold:
+        networks.append(("mindspore_folded", H.folded_copy(detector)))
+    size = cfg.model.input_size
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(batch).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
+        xm, xt = ms.Tensor(x), torch.from_numpy(x)
+
+        def run_torch():
+            with torch.no_grad():
+                return reference(xt)[1].numpy()
+
+        cases = [(name, (lambda net=net: net(xm)[1].asnumpy())) for name, net in networks]
+        cases.append(("pytorch", run_torch))
+        first = H.alternate(cases, reps=1, warmup=0)        # compiles; kept as the "first call" time
+        times = H.alternate(cases, reps=reps, warmup=0)
+        row = {"config": cfg.config_name, "case": "forward", "batch": batch, "reps": reps,
+               "gflop": flops * batch / 1e9}
+        for name, _ in cases:
+            row[f"{name}_ms"] = 1e3 * H.median(times[name])
+            row[f"{name}_first_ms"] = 1e3 * first[name][0]
+        _ratios(row, peak)
+        rows.append(row)
+        print(_line(row), flush=True)
+    del networks, detector, reference
+    gc.collect()
+    return rows
+
+
+def train_row(cfg, batch, reps, peak: float | None) -> dict:
+    import mindspore as ms
+    import numpy as np
+    import torch
+
+    from bench import harness as H
+    from m2det.summary import count_flops
+
+    detector, reference = H.build_pair(cfg, seed=1)
+    flops, _ = count_flops(detector, cfg.model.input_size)
+    size = cfg.model.input_size
+    images = np.random.default_rng(7).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
+    loc_t, conf_t = H.synthetic_targets(cfg, batch, seed=7)
+    step = H.mindspore_train_step(detector, cfg)
+    torch_step = H.TorchTrainStep(reference, cfg)
+    ms_inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
+    torch_inputs = (torch.from_numpy(images), torch.from_numpy(loc_t), torch.from_numpy(conf_t))
+    cases = [("mindspore", lambda: step(*ms_inputs)[0].asnumpy()),
+             ("pytorch", lambda: torch_step(*torch_inputs).numpy())]
+    first = H.alternate(cases, reps=1, warmup=0)
+    times = H.alternate(cases, reps=reps, warmup=0)
+    row = {"config": cfg.config_name, "case": "train step", "batch": batch, "reps": reps,
+           "gflop": 3 * flops * batch / 1e9}
+    for name, _ in cases:
+        row[f"{name}_ms"] = 1e3 * H.median(times[name])
+        row[f"{name}_first_ms"] = 1e3 * first[name][0]
+    _ratios(row, peak)
+    print(_line(row), flush=True)
+    del step, torch_step, detector, reference
+    gc.collect()
+    return row
+
+
+def _ratios(row: dict, peak: float | None) -> None:
+    pt = row["pytorch_ms"]
+    best = row.get("mindspore_folded_ms", row["mindspore_ms"])
+    row["ratio"] = row["mindspore_ms"] / pt
+    if "mindspore_folded_ms" in row:
+        row["ratio_folded"] = row["mindspore_folded_ms"] / pt
+    row["mindspore_gflops"] = row["gflop"] / (best / 1e3)
+    row["pytorch_gflops"] = row["gflop"] / (pt / 1e3)
+    row["fraction_of_peak"] = row["mindspore_gflops"] / peak if peak else None
+
+
+def _fmt(value, digits=1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _line(row: dict) -> str:
+    return (f"  {row['config']} {row['case']} b{row['batch']}: MindSpore {_fmt(row['mindspore_ms'])} ms"
+            + (f", folded {_fmt(row['mindspore_folded_ms'])} ms" if "mindspore_folded_ms" in row else "")
+            + f", PyTorch {_fmt(row['pytorch_ms'])} ms")
+
+
+TABLE_HEADERS = ["config", "case", "batch", "MindSpore ms", "MS BN-folded ms", "PyTorch ms", "MS/PT",
+                 "folded/PT", "GFLOP", "MS GFLOP/s", "PT GFLOP/s", "MS % of conv peak"]
+
+
+def table(rows: list[dict]) -> str:
+    from bench.harness import markdown_table
+
+    body = []
+    for r in rows:
+        frac = r.get("fraction_of_peak")
+        body.append([r["config"], r["case"], r["batch"], _fmt(r["mindspore_ms"]),
+                     _fmt(r.get("mindspore_folded_ms")), _fmt(r["pytorch_ms"]), _fmt(r["ratio"], 2),
+                     _fmt(r.get("ratio_folded"), 2), _fmt(r["gflop"]), _fmt(r["mindspore_gflops"]),
+                     _fmt(r["pytorch_gflops"]), "-" if frac is None else f"{100 * frac:.0f}%"])
+    return markdown_table(TABLE_HEADERS, body)
+
+
+def conv_table(rows: list[dict]) -> str:
+    from bench.harness import markdown_table
+
+    return markdown_table(["3x3 conv (N x C x H x W, C -> C)", "GFLOP", "MindSpore GFLOP/s", "PyTorch GFLOP/s"],
+                          [[r["shape"], _fmt(r["gflop"], 2), _fmt(r["mindspore_gflops"]),
+                            _fmt(r["pytorch_gflops"])] for r in rows])
+
+
+def _settings(args) -> dict:
+    if args.omp_wait_policy != "keep":
+        # read when PyTorch's OpenMP runtime starts, i.e. before `import torch`
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    import mindspore as ms
+
+    from bench import harness as H
+
+    settings = H.set_threads(args.threads)
+    settings["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    return settings
+
+
+def run_cases(args, path: str, peak: float | None) -> list[dict]:
+    """The forward and/or train cases of one config, in this process."""
+    from src.config import load_config
+
+    cfg = load_config(path, args.overrides)
+    rows = []
+    if "forward" in args.cases:
+        rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, peak)
+    if "train" in args.cases:
+        rows.append(train_row(cfg, args.train_batch, args.reps, peak))
+    return rows
+
+
+def spawn_cases(args, path: str, case: str, peak: float | None) -> list[dict]:
+    """One config's `case` in a fresh process: MindSpore keeps the memory pool it grew for the
+    largest case, so 512 at batch 8 followed by a training step in one process runs out of 24 GiB."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--configs", path, "--cases", case,
+           "--batches", *[str(b) for b in args.batches], "--train_batch", str(args.train_batch),
+           "--reps", str(args.reps), "--threads", str(args.threads), "--omp_wait_policy", args.omp_wait_policy]
+    cmd += ["--no_fold"] * args.no_fold + (["--set", *args.overrides] if args.overrides else [])
+    cmd += ["--peak", str(peak)] if peak else []
+    env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    rows = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    for line in proc.stdout.splitlines():
+        if not line.startswith("RESULT "):
+            print(line, flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{path} {case}: worker exited with {proc.returncode} (out of memory?)")
+    return rows
+
+
+def run(args) -> dict:
+    settings = _settings(args)
+    from bench import harness as H
+
+    if args.worker:
+        for row in run_cases(args, args.configs[0], args.peak):
+            print("RESULT " + json.dumps(row), flush=True)
+        return {}
+    machine = H.machine_description()
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"{started}  {machine}")
+    print(f"threads: {settings}")
+
+    conv_rows, peak = [], None
+    if not args.no_conv_peak:
+        conv_rows = H.conv3x3_peak(CONV_SHAPES_SHORT if args.short else CONV_SHAPES_FULL, reps=max(args.reps, 2))
+        peak = max(r["mindspore_gflops"] for r in conv_rows)
+        print(conv_table(conv_rows), flush=True)
+
+    rows = []
+    for path in args.configs:
+        if args.short:            # small enough for one process, and quicker
+            rows += run_cases(args, path, peak)
+            continue
+        for case in args.cases:
+            rows += spawn_cases(args, path, case, peak)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print()
+    print(table(rows))
+    print(f"\nload average at the end: {load_after:.2f}; medians of {args.reps} alternating repetitions")
+    result = {"started": started, "machine": machine, "settings": settings, "load_average_end": load_after,
+              "conv_peak_gflops": peak, "conv_rows": conv_rows, "rows": rows}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def main(argv=None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Apply a reference name map to a PyTorch state dict against one of our networks.
+
+    source tensors --NameMap--> our names --checks--> MindSpore ckpt
+
+Every source tensor ends up in exactly one bucket of the report: converted, dropped (known to
+have no counterpart: num_batches_tracked, a classifier fc), a copy of a shared module
+(reference quirk: `leach.0..7`, SFAM's `fc1.i`), or unmapped. Target parameters that received
+nothing are missing. Shape mismatches and missing tensors make the conversion fail with a
+message listing them; unmapped tensors are reported and left out.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from src.convert.names import BACKBONE_MAPS, BN_LEAF_RENAME, NameMap, m2det_release_map
+from src.convert.torch_io import ConversionError, load_torch_state_dict
+
+log = logging.getLogger("m2det.convert")
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _short(items: list, n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did with every tensor; `tensors` holds the result (our name -> array)."""
+
+    source: str
+    tensors: dict = field(default_factory=dict)
+    dropped: list = field(default_factory=list)
+    shared_copies: list = field(default_factory=list)
+    unmapped: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    shape_mismatches: list = field(default_factory=list)
+    non_tensors: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.shape_mismatches
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: {len(self.tensors)} tensors converted"]
+        for label, items in (("shape mismatches", self.shape_mismatches), ("missing", self.missing),
+                             ("unmapped (left out)", self.unmapped),
+                             ("dropped (no counterpart by design)", self.dropped),
+                             ("copies of a shared module (one copy used)", self.shared_copies),
+                             ("non-tensor entries skipped", self.non_tensors)):
+            if items:
+                lines.append(f"  {label} ({len(items)}): {_short(items)}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def raise_for_problems(self, target: str) -> None:
+        """ConversionError listing shape mismatches and missing tensors, if there are any."""
+        if self.ok:
+            return
+        lines = [f"{self.source} does not fit {target}:"]
+        if self.shape_mismatches:
+            lines.append(f"  shape mismatches ({len(self.shape_mismatches)}): {_short(self.shape_mismatches)}")
+        if self.missing:
+            lines.append(f"  missing ({len(self.missing)}): {_short(self.missing)}")
+        if self.unmapped:
+            lines.append(f"  unmapped ({len(self.unmapped)}): {_short(self.unmapped)}")
+        raise ConversionError("\n".join(lines))
+
+
+def convert_state_dict(source: dict, target_shapes: dict, name_map: NameMap,
+                       source_name: str = "state dict") -> ConversionReport:
+    """Map `source` ({PyTorch key: array}) onto `target_shapes` ({our name: shape}).
+
+    Keys whose module carries `running_mean` are BatchNorm: their leaves are renamed
+    (weight -> gamma, bias -> beta, running_mean -> moving_mean, running_var -> moving_variance).
+    When several keys map to one target (a module the reference lists several times), the
+    lowest-numbered one is used and the others must be equal to it, else a warning is added.
+    """
+    report = ConversionReport(source_name)
+    bn_modules = {k.rsplit(".", 1)[0] for k in source if k.endswith(".running_mean") or k == "running_mean"}
+    groups: dict[str, list[str]] = {}
+    for key in sorted(source, key=_natural_key):
+        if name_map.is_dropped(key):
+            report.dropped.append(key)
+            continue
+        name = name_map.target(key)
+        if name is None:
+            report.unmapped.append(key)
+            continue
+        module, _, leaf = key.rpartition(".")
+        if module in bn_modules and leaf in BN_LEAF_RENAME:
+            name = f"{name.rpartition('.')[0]}.{BN_LEAF_RENAME[leaf]}"
+        if name not in target_shapes:
+            report.unmapped.append(f"{key} (-> {name}, not in the network)")
+            continue
+        groups.setdefault(name, []).append(key)
+
+    differing: dict[str, list[str]] = {}
+    mismatched = set()
+    for name, keys in groups.items():
+        key = keys[0]
+        value = source[key]
+        for other in keys[1:]:
+            report.shared_copies.append(other)
+            if source[other].shape != value.shape or not np.array_equal(source[other], value):
+                differing.setdefault(_shared_prefix(name, name_map), []).append(other)
+        expected = tuple(target_shapes[name])
+        if tuple(value.shape) != expected:
+            report.shape_mismatches.append(f"{key} -> {name}: file {tuple(value.shape)} vs network {expected}")
+            mismatched.add(name)
+            continue
+        report.tensors[name] = value.astype(np.float32) if value.dtype != np.float32 else value
+    for prefix, keys in differing.items():
+        note = name_map.shared_note.get(prefix, "copies of one module")
+        report.warnings.append(f"{note}: {len(keys)} tensors differ from the first copy, which is used "
+                               f"({_short(keys, 4)})")
+    report.missing = [n for n in target_shapes if n not in report.tensors and n not in mismatched]
+    return report
+
+
+def _shared_prefix(name: str, name_map: NameMap) -> str:
+    return next((p for p in name_map.shared_note if name.startswith(p)), name.rpartition(".")[0] + ".")
+
+
+def save_params(path: str, names_in_order: list, tensors: dict) -> str:
+    """Write `tensors` as a MindSpore checkpoint, atomically (temporary file + rename)."""
+    import mindspore as ms
+
+    path = os.path.abspath(path)
+    if not path.endswith(".ckpt"):
+        raise ConversionError(f"output path must end with .ckpt: {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        # with a CRC, as training checkpoints (src/training/checkpoint.py), so corruption is detected on reading
+        ms.save_checkpoint([{"name": n, "data": ms.Tensor(tensors[n])} for n in names_in_order], tmp, crc_check=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _convert_into(cell, pth_path: str, name_map: NameMap, out: str, target: str) -> ConversionReport:
+    source, non_tensors = load_torch_state_dict(pth_path)
+    shapes = {p.name: tuple(p.shape) for p in cell.get_parameters()}
+    report = convert_state_dict(source, shapes, name_map, source_name=pth_path)
+    report.non_tensors = non_tensors
+    for w in report.warnings:
+        log.warning(w)
+    report.raise_for_problems(target)
+    save_params(out, list(shapes), report.tensors)
+    return report
+
+
+def convert_backbone(pth_path: str, backbone: str = "vgg16", out: Optional[str] = None,
+                     cell=None) -> tuple[ConversionReport, str]:
+    """ImageNet backbone weights -> a backbone ckpt with bare names (`layers.0.weight`, `conv1.weight`).
+
+    `backbone` is vgg16 (SSD's vgg16_reducedfc.pth), resnet50 or resnet101 (torchvision layout,
+    the fc is dropped). The file loads with `load_backbone_weights(detector.backbone, path)`.
+    `out` defaults to the input path with `.ckpt`; `cell` overrides the full-width backbone that
+    defines the expected names and shapes.
+    """
+    if backbone not in BACKBONE_MAPS:
+        raise ConversionError(f"unsupported backbone '{backbone}' (supported: {', '.join(BACKBONE_MAPS)})")
+    if cell is None:
+        from m2det.builder import BACKBONES
+
+        cell = BACKBONES[backbone](1.0)
+    out = out or os.path.splitext(pth_path)[0] + ".ckpt"
+    report = _convert_into(cell, pth_path, BACKBONE_MAPS[backbone](), out, f"the {backbone} backbone")
+    return report, out
+
+
+def convert_m2det(pth_path: str, cfg, out: str) -> ConversionReport:
+    """A checkpoint of the M2Det PyTorch release -> a ckpt that loads into `build_detector(cfg)`."""
+    from m2det.builder import build_detector
+
+    model = cfg.model
+    if model.neck.name != "mlfpn" or model.head.name != "multibox":
+        raise ConversionError(f"--torch_ckpt converts checkpoints of the M2Det PyTorch release (mlfpn neck, "
+                              f"multibox head); this config has neck '{model.neck.name}' and head "
+                              f"'{model.head.name}'")
+    detector = build_detector(cfg)
+    name_map = m2det_release_map(shared_leach=cfg.model.neck.shared_leach)
+    return _convert_into(detector, pth_path, name_map, out, "the network built from the config")

@@ -1,0 +1,286 @@
+"""Export a detector (weights loaded) to MINDIR or ONNX.
+
+    detector --copy--> fold BatchNorm (fold_bn.py) --[ONNX]--> exact op rewrites (onnx_compat.py)
+             --[with_decode]--> + SSD decoding against the priors, boxes clipped to [0, 1]
+             --check against the detector--> mindspore.export --check the file--> F + F.json
+
+The exported graph takes the network's own input: (B, 3, H, W) float32, BGR 0-255 minus the mean
+(divided by data.std, RGB if data.rgb), H x W the config's test canvas (S x S for M2Det), as
+src/data/transforms.preprocess_for_test makes it. Outputs of the multibox head: loc (B, P, 4) SSD
+offsets and softmax scores (B, P, C); with decoding, boxes (B, P, 4) as normalised corners
+(x1, y1, x2, y2) in [0, 1] and the same scores, so a deployment needs no prior boxes. Other heads
+export what their `predict` returns. `F.json` beside the file records
+the input shape, the outputs and the config, which src/inference reads.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import tempfile
+
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+import numpy as np
+
+from heads.box_coder import SSDBoxCoder
+from heads.multibox_head import MultiBoxHead
+from m2det.builder import build_priors
+from src.data.resize import InputPolicy
+from src.export.cells import refresh_parameter_names
+from src.export.fold_bn import fold_batchnorm
+from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
+from src.utils.io import write_json_atomic
+
+log = logging.getLogger("m2det.export")
+
+FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
+# Folding and the rewrites only reorder float32 arithmetic. On trained weights (and on the
+# calibrated test networks) the outputs agree to ~1e-6; an untrained network whose BatchNorm
+# statistics do not fit its activations amplifies rounding, e.g. ~1.3e-4 on M2Det-320's softmax
+# with the default init. Above TOLERANCE export.py warns; above FAIL_TOLERANCE it refuses, which
+# still catches any real mistake (a wrong bias or resize is off by O(1)).
+TOLERANCE = 1e-4
+FAIL_TOLERANCE = 1e-3
+_UNSUPPORTED_OP = re.compile(r"Can not find key (\w+) in convert map|Exporting (\w+) operator is not yet supported")
+
+
+class ExportError(RuntimeError):
+    """The network cannot be exported in the requested way (the message says why)."""
+
+
+class DecodedDetector(nn.Cell):
+    """detector(images) -> (boxes (B, P, 4) normalised corners clipped to [0, 1], scores (B, P, C)).
+
+    The decoding is heads.box_coder.SSDBoxCoder.decode written with graph ops (its `decode_ms`
+    imports inside the function, which graph compilation rejects); tests compare the two.
+    """
+
+    def __init__(self, detector: nn.Cell, priors: np.ndarray, variances=(0.1, 0.2)):
+        super().__init__()
+        self.detector = detector
+        self.priors = ms.Tensor(np.asarray(priors, dtype=np.float32))
+        self.v0, self.v1 = (float(v) for v in variances)
+
+    def construct(self, images):
+        loc, scores = self.detector(images)
+        centre = self.priors[:, :2] + loc[..., :2] * self.v0 * self.priors[:, 2:]
+        wh = self.priors[:, 2:] * ops.exp(loc[..., 2:] * self.v1)
+        boxes = ops.concat((centre - wh / 2, centre + wh / 2), axis=-1)
+        return ops.clamp(boxes, 0.0, 1.0), scores
+
+
+def check_decodable(detector: nn.Cell) -> None:
+    """In-graph decoding exists for SSD offsets against priors, i.e. the multibox head only."""
+    head = getattr(detector, "head", None)
+    if not isinstance(head, MultiBoxHead):
+        raise ExportError(f"--with_decode is not supported for the head {type(head).__name__}: in-graph "
+                          f"decoding exists only for MultiBoxHead (SSD offsets against prior boxes); export "
+                          f"without --with_decode (the file then holds what the head's predict() returns)")
+
+
+def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR",
+                         with_decode: bool = False) -> tuple[nn.Cell, dict]:
+    """An inference-mode copy of `detector` prepared for `file_format`; `detector` is left as it is.
+
+    Returns the network and {"folded_bn": [...], "rewritten": [...]}.
+    """
+    file_format = file_format.upper()
+    if file_format not in FORMATS:
+        raise ExportError(f"unsupported format {file_format!r} (supported: {', '.join(FORMATS)})")
+    if with_decode:
+        check_decodable(detector)
+    network = copy.deepcopy(detector)
+    network.set_train(False)
+    folded = fold_batchnorm(network)
+    rewritten = []
+    if file_format == "ONNX":
+        try:
+            rewritten = make_onnx_compatible(network)
+        except UnsupportedForExport as exc:
+            raise ExportError(f"cannot export to ONNX: {exc}") from exc
+    if with_decode:
+        network = DecodedDetector(network, build_priors(cfg).boxes(), cfg.priors.variance)
+    refresh_parameter_names(network)
+    network.set_train(False)
+    return network, {"folded_bn": folded, "rewritten": rewritten}
+
+
+def reference_outputs(detector: nn.Cell, images: np.ndarray, cfg, with_decode: bool) -> list[np.ndarray]:
+    """What the export must reproduce: the detector's own outputs (decoded with NumPy if asked)."""
+    detector.set_train(False)
+    loc, scores = (o.asnumpy() for o in detector(ms.Tensor(images)))
+    if with_decode:
+        boxes = SSDBoxCoder(cfg.priors.variance).decode(loc, build_priors(cfg).boxes())
+        return [np.clip(boxes, 0.0, 1.0), scores]
+    return [loc, scores]
+
+
+def head_outputs(detector: nn.Cell, images: np.ndarray) -> list[np.ndarray]:
+    """The head's raw outputs (before `predict`) in inference mode."""
+    detector.set_train(False)
+    outputs = detector.head(detector.neck(detector.backbone(ms.Tensor(images))))
+    return [o.asnumpy() for o in outputs]
+
+
+def max_relative_error(expected: list, got: list) -> float:
+    """max |a - b| / max(1, max |a|) over the outputs (the parity tests' measure)."""
+    if len(expected) != len(got):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(expected, got):
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max())))
+    return worst
+
+
+def _check(expected, got, what: str) -> float:
+    err = max_relative_error(expected, got)
+    if not err <= FAIL_TOLERANCE:
+        raise ExportError(f"{what} differs from the network: max relative error {err:.3g} > {FAIL_TOLERANCE} "
+                          f"on a random input. With trained weights this means the export is wrong; an "
+                          f"untrained network whose BatchNorm statistics do not fit its activations can "
+                          f"amplify float rounding this much. Pass --no_verify to export anyway")
+    if err > TOLERANCE:
+        log.warning("%s differs from the network by %.3g (relative) on a random input, more than %g: fine for "
+                    "an untrained network, suspicious for trained weights", what, err, TOLERANCE)
+    return err
+
+
+def _unsupported_op(exc: Exception):
+    m = _UNSUPPORTED_OP.search(str(exc))
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def _blame(detector: nn.Cell, images: np.ndarray, op: str) -> str:
+    """Which part of the (prepared) detector, head, neck or backbone, holds the unconvertible op.
+
+    The head is tried first: it is the smallest graph and the part most often swapped.
+    """
+    parts, inputs = [], ms.Tensor(images)
+    for name in ("backbone", "neck", "head"):
+        part = getattr(detector, name, None)
+        if part is None:
+            return ""
+        parts.append((name, part, inputs))
+        inputs = part(inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, part, inputs in reversed(parts):
+            try:
+                ms.export(part, inputs, file_name=os.path.join(tmp, name), file_format="ONNX")
+            except Exception as exc:  # noqa: BLE001 - diagnosing the first failure only
+                if _unsupported_op(exc) == op:
+                    return f" (in the {name}: {type(part).__name__})"
+    return ""
+
+
+def _export(network: nn.Cell, sample: np.ndarray, out: str, file_format: str) -> None:
+    base = out[: -len(FORMATS[file_format])]
+    try:
+        ms.export(network, ms.Tensor(sample), file_name=base, file_format=file_format)
+    except Exception as exc:
+        op = _unsupported_op(exc)
+        if op is None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExportError(f"mindspore.export to {file_format} failed: {type(exc).__name__}: {first}") from exc
+        inner = network.detector if isinstance(network, DecodedDetector) else network
+        where = _blame(inner, sample, op) if file_format == "ONNX" else ""
+        raise ExportError(f"cannot export to {file_format}: MindSpore {ms.__version__} has no {file_format} "
+                          f"converter for the operator {op}{where}; export MINDIR instead, or replace that "
+                          f"operator with a convertible formulation") from exc
+
+
+def run_exported(path: str, file_format: str, images: np.ndarray) -> list[np.ndarray]:
+    """Outputs of an exported file on `images`: MINDIR via mindspore.load + nn.GraphCell, ONNX via onnxruntime."""
+    if file_format == "MINDIR":
+        cell = nn.GraphCell(ms.load(path))
+        return [o.asnumpy() for o in cell(ms.Tensor(images))]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})
+
+
+def _describe_outputs(detector: nn.Cell, with_decode: bool) -> list[str]:
+    if with_decode:
+        return ["boxes (B, P, 4) normalised corners x1 y1 x2 y2 in [0, 1]", "scores (B, P, C) softmax"]
+    if isinstance(getattr(detector, "head", None), MultiBoxHead):
+        return ["loc (B, P, 4) SSD offsets against the priors", "scores (B, P, C) softmax"]
+    return [f"the outputs of {type(detector.head).__name__}.predict"]
+
+
+def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR", batch_size: int = 1,
+                    with_decode: bool = False, verify: bool = True, config_path: str = "") -> dict:
+    """Export `detector` (weights loaded) to `out`; returns the metadata also written to `out`.json.
+
+    With `verify`, the prepared network (BN folded, ops rewritten) is compared with the detector
+    on a random input before exporting, and the written file is run and compared again (relative
+    to the largest output): above 1e-4 a warning, above 1e-3 an ExportError (see FAIL_TOLERANCE).
+    For heads other than multibox, whose `predict` keeps a top-k, the network is compared on the
+    head's outputs before `predict` and the file on its output shapes. The measured errors are
+    part of the returned metadata.
+    """
+    file_format = file_format.upper()
+    if file_format not in FORMATS:
+        raise ExportError(f"unsupported format {file_format!r} (supported: {', '.join(FORMATS)})")
+    if batch_size < 1:
+        raise ExportError(f"batch_size must be >= 1, got {batch_size}")
+    suffix = FORMATS[file_format]
+    out = os.path.abspath(out if out.lower().endswith(suffix) else out + suffix)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    height, width = InputPolicy.from_config(cfg).canvas()
+    sample = np.random.default_rng(0).uniform(-120, 120, (batch_size, 3, height, width)).astype(np.float32)
+
+    network, changes = build_export_network(detector, cfg, file_format, with_decode)
+    log.info("folded %d BatchNorms, rewrote %d cells for %s", len(changes["folded_bn"]),
+             len(changes["rewritten"]), file_format)
+    prepared = [o.asnumpy() for o in network(ms.Tensor(sample))]
+    # the multibox head's outputs are one row per prior; other heads' predict() keeps a top-k,
+    # whose order float rounding may change among near-ties, so those are compared before predict()
+    elementwise = isinstance(getattr(detector, "head", None), MultiBoxHead)
+    prepared_err = file_err = None
+    if verify:
+        if elementwise:
+            expected = reference_outputs(detector, sample, cfg, with_decode)
+            prepared_err = _check(expected, prepared, "the folded/rewritten export network")
+        else:
+            prepared_err = _check(head_outputs(detector, sample), head_outputs(network, sample),
+                                  "the folded/rewritten export network (head outputs before predict)")
+    _export(network, sample, out, file_format)
+    if verify:
+        got = run_exported(out, file_format, sample)
+        if elementwise:
+            file_err = _check(expected, got, f"the exported {out}")
+        elif [list(np.shape(o)) for o in got] != [list(o.shape) for o in prepared]:
+            raise ExportError(f"the exported {out} gives outputs of shapes {[list(np.shape(o)) for o in got]}, "
+                              f"the network {[list(o.shape) for o in prepared]}")
+        else:
+            log.info("%s outputs top-k selections: the written file was checked for output shapes only",
+                     type(detector.head).__name__)
+        log.info("export network within %.2g of the detector; written file within %s", prepared_err,
+                 "n/a" if file_err is None else f"{file_err:.2g}")
+    meta = {
+        "format": file_format,
+        "file": os.path.basename(out),
+        "config": config_path,
+        "input_shape": [batch_size, 3, height, width],
+        "input": "float32 NCHW, 0-255 minus data.mean (divided by data.std), BGR unless data.rgb, "
+                 f"resized as data.resize_mode {cfg.data.resize_mode!r}",
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "rgb": bool(cfg.data.rgb),
+        "with_decode": bool(with_decode),
+        "outputs": _describe_outputs(detector, with_decode),
+        "output_shapes": [list(o.shape) for o in prepared],
+        "num_classes": int(cfg.model.num_classes),
+        "folded_batchnorms": len(changes["folded_bn"]),
+        "rewritten_cells": changes["rewritten"],
+        "max_relative_error": {"export_network": prepared_err, "file": file_err},
+        "mindspore": ms.__version__,
+    }
+    write_json_atomic(out + ".json", meta, indent=2)
+    return meta

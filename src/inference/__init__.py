@@ -1,0 +1,13 @@
+"""Inference on image files (infer.py) and over HTTP (serve.py).
+
+    images.py     image paths (file, folder, glob) and decoding uploaded bytes under limits
+    names.py      class names for the output (names file, COCO annotations, or class_N)
+    predictor.py  Predictor: images -> detections, from a checkpoint or an exported MINDIR
+    results.py    detections -> the JSON entry of one image (normalised corner boxes)
+    server.py     the HTTP scoring endpoint (POST /score, GET /health)
+"""
+from src.inference.names import load_class_names
+from src.inference.predictor import Predictor, PredictorError
+from src.inference.results import detections_to_entry
+
+__all__ = ["Predictor", "PredictorError", "detections_to_entry", "load_class_names"]

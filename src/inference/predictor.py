@@ -1,0 +1,156 @@
+"""Predictor: images -> detections, from a checkpoint or an exported MINDIR.
+
+    uint8 BGR image --test preprocessing (src/data: resize, mean/std)--> batch, padded to a fixed size
+      --network (Detector or mindspore GraphCell), one call at a time--> outputs
+      --output decoder (m2det.builder.build_output_decoder, as evaluation)--> boxes in [0, 1]
+      --to_original_pixels (clipped to the image) + postprocess.detect (NMS, top-k)--> Detections
+
+The pieces after the network are those of src/evaluation/evaluator.py, so inference and COCO
+evaluation cannot drift apart. Boxes are clipped to the image before NMS (evaluation keeps the
+reference's unclipped SSD boxes); a MINDIR exported with --with_decode clips in the graph, so
+both backends give the same detections.
+
+Thread safety: the network is called under a lock (one MindSpore call at a time); the pre- and
+post-processing of concurrent callers run in parallel.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from src.data.resize import InputPolicy, keep_ratio_input
+from src.data.transforms import preprocess_for_test
+from src.evaluation.evaluator import detect_kwargs, to_original_pixels
+from src.postprocess import Detections, detect
+
+log = logging.getLogger("m2det.infer")
+
+
+class PredictorError(RuntimeError):
+    """A model file that cannot be used with the config."""
+
+
+class DecodedBoxesDecoder:
+    """Outputs of a MINDIR exported with --with_decode: (boxes in [0, 1], softmax scores)."""
+
+    has_background = True
+    clip = True
+
+    def __call__(self, outputs):
+        boxes, scores = outputs
+        return boxes, scores, self.has_background
+
+
+def keep_above(dets: Detections, threshold: Optional[float]) -> Detections:
+    """The detections with score >= threshold (all of them for None)."""
+    if threshold is None:
+        return dets
+    keep = dets.scores >= threshold
+    return Detections(dets.boxes[keep], dets.scores[keep], dets.labels[keep])
+
+
+class Predictor:
+    """Run a detector on lists of images (uint8 BGR, any sizes) in fixed-size batches.
+
+    Args:
+        cfg: the config the network was built from (input policy, normalisation, `test:` section).
+        network: called on a (batch_size, 3, H, W) float32 Tensor, returns a tuple of Tensors.
+        decoder: one image's outputs -> (boxes in [0, 1] of the network input, scores, has_background).
+        batch_size: the network's batch dimension; shorter batches are padded with zeros.
+        description: what the network is (for logs and /health).
+    """
+
+    def __init__(self, cfg, network: Callable, decoder: Callable, batch_size: int = 1, description: str = ""):
+        if batch_size < 1:
+            raise PredictorError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg = cfg
+        self.network = network
+        self.decoder = decoder
+        self.batch_size = int(batch_size)
+        self.description = description
+        self.policy = InputPolicy.from_config(cfg)
+        self.detect_kwargs = detect_kwargs(cfg.test)
+        data = cfg.data
+        self._mean = tuple(float(v) for v in data.mean)
+        self._std = tuple(float(v) for v in data.std) if data.get("std") is not None else None
+        self._rgb = bool(data.get("rgb", False))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, cfg, path: str, batch_size: int = 1) -> "Predictor":
+        """Build the config's detector and load `path`; a checkpoint that does not fit the config
+        raises CheckpointError naming the first mismatching tensors."""
+        from m2det.builder import build_detector, build_output_decoder
+        from src.training.checkpoint import load_detector_weights, read_checkpoint
+
+        detector = build_detector(cfg)
+        load_detector_weights(detector, read_checkpoint(path), path)
+        detector.set_train(False)
+        return cls(cfg, detector, build_output_decoder(cfg), batch_size, f"checkpoint {path}")
+
+    @classmethod
+    def from_mindir(cls, cfg, path: str) -> "Predictor":
+        """Load a MINDIR written by export.py; its JSON description (`path`.json) gives the batch
+        size and whether boxes are decoded in the graph (without it: batch 1, raw outputs)."""
+        import mindspore as ms
+        from mindspore import nn
+
+        from m2det.builder import build_output_decoder
+
+        if not os.path.isfile(path):
+            raise PredictorError(f"MINDIR not found: {path}")
+        meta = {}
+        if os.path.isfile(path + ".json"):
+            with open(path + ".json", "r", encoding="utf-8") as f:
+                meta = json.load(f)
+        else:
+            log.warning("%s.json not found: assuming batch size 1 and outputs without decoding", path)
+        shape = meta.get("input_shape", [1, 3, *InputPolicy.from_config(cfg).canvas()])
+        canvas = list(InputPolicy.from_config(cfg).canvas())
+        if list(shape[2:]) != canvas:
+            raise PredictorError(f"{path} takes inputs of {shape[2]}x{shape[3]} but the config's are "
+                                 f"{canvas[0]}x{canvas[1]}")
+        if "num_classes" in meta and meta["num_classes"] != cfg.model.num_classes:
+            raise PredictorError(f"{path} has {meta['num_classes']} classes but the config has "
+                                 f"{cfg.model.num_classes}")
+        try:
+            cell = nn.GraphCell(ms.load(path))
+        except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals
+            raise PredictorError(f"cannot load MINDIR {path}: {str(exc).splitlines()[0]}") from exc
+        decoder = DecodedBoxesDecoder() if meta.get("with_decode") else build_output_decoder(cfg)
+        return cls(cfg, cell, decoder, int(shape[0]), f"MINDIR {path}")
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """uint8 BGR (H, W, 3) -> the network input (3, H', W'), as the evaluation pipeline makes it."""
+        if self.policy.mode == "square":
+            return preprocess_for_test(image, self.policy.test_size, self._mean, std=self._std, rgb=self._rgb)
+        return keep_ratio_input(image, self.policy, None, self._mean, self._std, self._rgb)
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        import mindspore as ms
+
+        with self._lock:
+            return [o.asnumpy() for o in self.network(ms.Tensor(batch))]
+
+    def predict(self, images: Sequence[np.ndarray], score_threshold: Optional[float] = None) -> list[Detections]:
+        """Detections (boxes in pixels of each original image) for every image, in order."""
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch = np.stack([self.preprocess(image) for image in chunk])
+            if len(chunk) < self.batch_size:
+                batch = np.concatenate([batch, np.zeros((self.batch_size - len(chunk),) + batch.shape[1:],
+                                                        batch.dtype)])
+            outputs = self._run(batch)
+            for i, image in enumerate(chunk):
+                height, width = image.shape[:2]
+                boxes, scores, has_background = self.decoder([o[i] for o in outputs])
+                boxes = to_original_pixels(boxes, self.policy, height, width, clip=True)
+                dets = detect(boxes, scores, has_background=has_background, **self.detect_kwargs)
+                results.append(keep_above(dets, score_threshold))
+        return results
