@@ -87,8 +87,6 @@ def reference_kwargs(cfg) -> dict:
                          f"not {model.neck.name} + {model.head.name}")
     if model.backbone.name not in ("vgg16", "resnet50", "resnet101"):
         raise ValueError(f"{cfg.config_name}: no PyTorch reference for backbone {model.backbone.name}")
-    if model.backbone.name == "vgg16" and model.backbone.batch_norm:
-        raise ValueError(f"{cfg.config_name}: the reference VGG has no BatchNorm (model.backbone.batch_norm)")
     neck = model.neck
     return dict(backbone=model.backbone.name, width=model.backbone.width, planes=neck.planes,
                 num_levels=neck.num_levels, num_scales=neck.num_scales,
@@ -105,11 +103,27 @@ def build_reference(cfg, num_anchors: Sequence[int], phase: str = "test"):
 
     kwargs = reference_kwargs(cfg)
     net = M2DetReference(phase=phase, num_anchors=int(num_anchors[0]), **kwargs)
+    if kwargs["backbone"] == "vgg16" and cfg.model.backbone.batch_norm:
+        _add_vgg_batchnorm(net.base)
     if len(set(num_anchors)) > 1:
         ch = kwargs["planes"] * kwargs["num_levels"]
         net.loc = tnn.ModuleList([tnn.Conv2d(ch, 4 * a, 3, 1, 1) for a in num_anchors])
         net.conf = tnn.ModuleList([tnn.Conv2d(ch, kwargs["num_classes"] * a, 3, 1, 1) for a in num_anchors])
     return net
+
+
+def _add_vgg_batchnorm(layers) -> None:
+    """The "vgg16_bn" variant of our VGG16Reduced (model.backbone.batch_norm) on the reference's
+    flat list: convolutions lose their bias and each ReLU becomes Sequential(BatchNorm2d, ReLU) at
+    the same index, which is where ours keeps it (`layers.1.0.gamma`), so the names still map."""
+    import torch.nn as tnn
+
+    for i in range(len(layers) - 1):
+        conv = layers[i]
+        if isinstance(conv, tnn.Conv2d) and isinstance(layers[i + 1], tnn.ReLU):
+            layers[i] = tnn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                   conv.dilation, bias=False)
+            layers[i + 1] = tnn.Sequential(tnn.BatchNorm2d(conv.out_channels), tnn.ReLU(inplace=False))
 
 
 def randomize_batchnorm(cell, seed: int = 0) -> None:

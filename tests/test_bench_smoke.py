@@ -18,6 +18,7 @@ import sys
 
 import mindspore as ms
 import numpy as np
+import pytest
 
 from bench import harness
 from m2det.builder import build_priors
@@ -66,15 +67,17 @@ def test_latency_memory_worker():
     assert result["total_ms"] == result["preprocess_ms"] + result["network_ms"] + result["postprocess_ms"]
 
 
-def test_torch_twin_is_the_same_network():
+@pytest.mark.parametrize("overrides", [[], ["model.backbone.batch_norm=true"]])
+def test_torch_twin_is_the_same_network(overrides):
     """The benchmark is only meaningful if both frameworks run the same function: the weights go
-    through the converter's name map, and the outputs must agree (tiny config, per-level anchors)."""
+    through the converter's name map, and the outputs must agree (tiny config: per-level anchor
+    counts; and with the BatchNorm VGG of configs/m2det_lite.yaml)."""
     import torch
 
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
-        cfg = load_config(TINY)
+        cfg = load_config(TINY, overrides)
         detector, reference = harness.build_pair(cfg, seed=3)
         x = np.random.default_rng(0).uniform(-120, 120, (2, 3, 128, 128)).astype(np.float32)
         ours = [o.asnumpy() for o in detector(ms.Tensor(x))]
