@@ -4,9 +4,10 @@
 
 Every source tensor ends up in exactly one bucket of the report: converted, dropped (known to
 have no counterpart: num_batches_tracked, a classifier fc), a copy of a shared module
-(reference quirk: `leach.0..7`, SFAM's `fc1.i`), or unmapped. Target parameters that received
-nothing are missing. Shape mismatches and missing tensors make the conversion fail with a
-message listing them; unmapped tensors are reported and left out.
+(reference quirk: `leach.0..7`, SFAM's `fc1.i`), unmapped, or (strict conversions: mmdetection
+files) mapped to a layer the network does not have. Target parameters that received nothing are
+missing. Shape mismatches, missing tensors and, in strict conversions, layers the network lacks
+make the conversion fail with a message listing them; unmapped tensors are reported and left out.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from src.convert.mmdet_names import adapt_mmdet_tensors, mmdet_layout_hints, mmdet_map
 from src.convert.names import BACKBONE_MAPS, BN_LEAF_RENAME, NameMap, m2det_release_map
 from src.convert.torch_io import ConversionError, load_torch_state_dict
 
@@ -34,7 +36,11 @@ def _short(items: list, n: int = 12) -> str:
 
 @dataclass
 class ConversionReport:
-    """What a conversion did with every tensor; `tensors` holds the result (our name -> array)."""
+    """What a conversion did with every tensor; `tensors` holds the result (our name -> array).
+
+    `not_in_network` (strict conversions only): source keys a rule maps to a layer the network
+    lacks, an error; `adapted`: tensors reshaped or extended before conversion, with what was done.
+    """
 
     source: str
     tensors: dict = field(default_factory=dict)
@@ -43,17 +49,21 @@ class ConversionReport:
     unmapped: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     shape_mismatches: list = field(default_factory=list)
+    not_in_network: list = field(default_factory=list)
+    adapted: list = field(default_factory=list)
     non_tensors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.shape_mismatches
+        return not self.missing and not self.shape_mismatches and not self.not_in_network
 
     def summary(self) -> str:
         lines = [f"{self.source}: {len(self.tensors)} tensors converted"]
         for label, items in (("shape mismatches", self.shape_mismatches), ("missing", self.missing),
+                             ("layers the network does not have", self.not_in_network),
                              ("unmapped (left out)", self.unmapped),
+                             ("adapted (same values, other layout)", self.adapted),
                              ("dropped (no counterpart by design)", self.dropped),
                              ("copies of a shared module (one copy used)", self.shared_copies),
                              ("non-tensor entries skipped", self.non_tensors)):
@@ -62,8 +72,9 @@ class ConversionReport:
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
-    def raise_for_problems(self, target: str) -> None:
-        """ConversionError listing shape mismatches and missing tensors, if there are any."""
+    def raise_for_problems(self, target: str, hints=()) -> None:
+        """ConversionError listing shape mismatches, missing tensors and layers the network lacks
+        (then `hints`, likely causes), if there are any."""
         if self.ok:
             return
         lines = [f"{self.source} does not fit {target}:"]
@@ -71,14 +82,23 @@ class ConversionReport:
             lines.append(f"  shape mismatches ({len(self.shape_mismatches)}): {_short(self.shape_mismatches)}")
         if self.missing:
             lines.append(f"  missing ({len(self.missing)}): {_short(self.missing)}")
+        if self.not_in_network:
+            lines.append(f"  layers the network does not have ({len(self.not_in_network)}): "
+                         f"{_short(self.not_in_network)}")
         if self.unmapped:
             lines.append(f"  unmapped ({len(self.unmapped)}): {_short(self.unmapped)}")
+        lines += [f"  hint: {h}" for h in hints]
         raise ConversionError("\n".join(lines))
 
 
 def convert_state_dict(source: dict, target_shapes: dict, name_map: NameMap,
-                       source_name: str = "state dict") -> ConversionReport:
+                       source_name: str = "state dict", strict_layers: bool = False) -> ConversionReport:
     """Map `source` ({PyTorch key: array}) onto `target_shapes` ({our name: shape}).
+
+    A key that a rule maps to a name the network lacks is unmapped, or with `strict_layers`
+    lands in `not_in_network`, an error: the file's model has a layer the network has not (a
+    deeper backbone, a deformable conv where ours is plain), so the result would compute
+    something else.
 
     Keys whose module carries `running_mean` are BatchNorm: their leaves are renamed
     (weight -> gamma, bias -> beta, running_mean -> moving_mean, running_var -> moving_variance).
@@ -100,7 +120,10 @@ def convert_state_dict(source: dict, target_shapes: dict, name_map: NameMap,
         if module in bn_modules and leaf in BN_LEAF_RENAME:
             name = f"{name.rpartition('.')[0]}.{BN_LEAF_RENAME[leaf]}"
         if name not in target_shapes:
-            report.unmapped.append(f"{key} (-> {name}, not in the network)")
+            if strict_layers:
+                report.not_in_network.append(key)
+            else:
+                report.unmapped.append(f"{key} (-> {name}, not in the network)")
             continue
         groups.setdefault(name, []).append(key)
 
@@ -150,14 +173,21 @@ def save_params(path: str, names_in_order: list, tensors: dict) -> str:
     return path
 
 
-def _convert_into(cell, pth_path: str, name_map: NameMap, out: str, target: str) -> ConversionReport:
+def _convert_into(cell, pth_path: str, name_map: NameMap, out: str, target: str, strict_layers: bool = False,
+                  adapt=None, hints=None) -> ConversionReport:
+    """`adapt(source, shapes) -> (source, notes)` fixes layout-only differences first;
+    `hints(not_in_network, missing) -> [str]` adds likely causes to the error message."""
     source, non_tensors = load_torch_state_dict(pth_path)
     shapes = {p.name: tuple(p.shape) for p in cell.get_parameters()}
-    report = convert_state_dict(source, shapes, name_map, source_name=pth_path)
+    adapted = []
+    if adapt is not None:
+        source, adapted = adapt(source, shapes)
+    report = convert_state_dict(source, shapes, name_map, source_name=pth_path, strict_layers=strict_layers)
     report.non_tensors = non_tensors
+    report.adapted = adapted
     for w in report.warnings:
         log.warning(w)
-    report.raise_for_problems(target)
+    report.raise_for_problems(target, hints(report.not_in_network, report.missing) if hints else ())
     save_params(out, list(shapes), report.tensors)
     return report
 
@@ -194,3 +224,25 @@ def convert_m2det(pth_path: str, cfg, out: str) -> ConversionReport:
     detector = build_detector(cfg)
     name_map = m2det_release_map(shared_leach=cfg.model.neck.shared_leach)
     return _convert_into(detector, pth_path, name_map, out, "the network built from the config")
+
+
+def convert_mmdet(pth_path: str, cfg, out: str) -> ConversionReport:
+    """An mmdetection v2 checkpoint (`state_dict` with `backbone.*`, `neck.*`, `bbox_head.*`) of a
+    RetinaNet / ATSS / GFL / VFNet (or UMOP release) ResNet-FPN model -> a ckpt that loads into
+    `build_detector(cfg)`; the config's head picks the name map (src/convert/mmdet_names.py).
+
+    Strict: besides missing and mis-shaped tensors, a file layer the network lacks is an error.
+    Keys no rule knows (e.g. a loss buffer) are reported as unmapped and left out.
+    """
+    from m2det.builder import DENSE_HEADS, build_detector
+
+    model = cfg.model
+    if model.neck.name != "fpn" or model.head.name not in DENSE_HEADS:
+        raise ConversionError(f"--mmdet_ckpt converts mmdetection checkpoints of the FPN one-stage detectors "
+                              f"(fpn neck, head {' / '.join(DENSE_HEADS)}); this config has neck "
+                              f"'{model.neck.name}' and head '{model.head.name}'")
+    name_map = mmdet_map(model.head.name)
+    detector = build_detector(cfg)
+    return _convert_into(detector, pth_path, name_map, out, "the network built from the config", strict_layers=True,
+                         adapt=lambda source, shapes: adapt_mmdet_tensors(source, name_map, shapes),
+                         hints=mmdet_layout_hints)
