@@ -27,3 +27,15 @@ def test_bad_schedule_is_reported():
         step_lr_schedule(lr=0.1, epochs=2, steps_per_epoch=1, lr_steps=[1], lr_multipliers=[])
     with pytest.raises(ValueError, match="increasing"):
         step_lr_schedule(lr=0.1, epochs=2, steps_per_epoch=1, lr_steps=[2, 1], lr_multipliers=[1, 1])
+
+
+def test_fractional_epoch_boundary_from_config():
+    """lr_steps may fall inside an epoch (short schedules such as the quickstart's [2.5])."""
+    from src.config import load_config
+
+    cfg = load_config("configs/m2det_lite.yaml", ["train.lr_steps=[1.5]", "train.lr_multipliers=[0.1]"])
+    assert cfg.train.lr_steps == [1.5]
+    lr = step_lr_schedule(lr=0.01, epochs=2, steps_per_epoch=4, lr_steps=cfg.train.lr_steps,
+                          lr_multipliers=cfg.train.lr_multipliers)
+    # steps 0-5 are epochs 0 .. 1.25, steps 6-7 are epochs 1.5 and 1.75
+    np.testing.assert_allclose(lr, [0.01] * 6 + [0.001] * 2, rtol=1e-6)

@@ -14,7 +14,7 @@ import numpy as np
 
 
 def step_lr_schedule(*, lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
-                     warmup_start_lr: float = 0.0, lr_steps: Sequence[int] = (),
+                     warmup_start_lr: float = 0.0, lr_steps: Sequence[float] = (),
                      lr_multipliers: Sequence[float] = ()) -> np.ndarray:
     """One learning rate per training step, float32 array of length epochs * steps_per_epoch."""
     if len(lr_steps) != len(lr_multipliers):
