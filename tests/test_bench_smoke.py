@@ -116,3 +116,19 @@ def test_alternate_rotates_and_times_every_case():
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert harness.markdown_table(["x", "y"], [[1, 2]]) == "| x | y |\n|---|---|\n| 1 | 2 |"
+
+
+def test_bench_heads_reads_its_logs(tmp_path):
+    """bench/bench_heads.py: the compile window is left out of the step time, rows format."""
+    from bench import bench_heads
+
+    log = tmp_path / "train_log.csv"
+    log.write_text("epoch,step,lr,loss,images_per_s,step_time_s\n1,50,0.1,9,2,4.0\n1,100,0.1,8,20,0.5\n"
+                   "1,150,0.1,7,20,0.7\n1,200,0.1,6,20,0.6\n")
+    assert bench_heads._step_time(str(log)) == pytest.approx(0.6)
+    row = {"head": "gfl", "params": 1_234_567, "step_s": 0.6, "train_wall_s": 300.0, "network_ms_per_image": 41.2,
+           "postprocess_ms_per_image": 1.25, "AP": 0.4321, "AP50": 0.7, "AP75": 0.45}
+    assert bench_heads.table([row], "8").splitlines()[2] == \
+        "| gfl | 1.23M | 0.60 s | 5.0 min | 41 | 1.2 | 0.432 | 0.700 | 0.450 |"
+    for name, config in bench_heads.HEAD_CONFIGS.items():
+        assert os.path.exists(os.path.join(ROOT, config)), name
