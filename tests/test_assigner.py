@@ -139,3 +139,41 @@ def test_encoder_round_trips_through_decode():
     matched = MaxIoUAssigner(0.5).assign(boxes, center_to_corner(priors)).gt_index[pos]
     np.testing.assert_allclose(coder.decode(loc_t[pos], priors[pos]), boxes[matched], atol=1e-5)
     np.testing.assert_array_equal(conf_t[pos], matched + 1)
+
+
+def _mmdet_loop(iou, pos, neg):
+    """mmdetection's MaxIoUAssigner (gt_max_assign_all=True, min_pos_iou=0) as a plain loop:
+    thresholds first, then for every GT in order, every anchor at that GT's best IoU."""
+    num_gts, num_priors = iou.shape
+    best_gt = iou.argmax(axis=0)
+    best = iou.max(axis=0)
+    out = np.full(num_priors, IGNORE, dtype=np.int64)
+    out[best < neg] = BACKGROUND
+    out[best >= pos] = best_gt[best >= pos]
+    for g in range(num_gts):
+        gmax = iou[g].max()
+        if gmax > 0:
+            for p in range(num_priors):
+                if iou[g, p] == gmax:
+                    out[p] = g
+    return out
+
+
+def test_force_all_ties_hand_case():
+    """GT 0's best IoU 0.3 is shared by priors 1 and 3: both forced (SSD forcing takes prior 1 only)."""
+    iou = np.array([[0.1, 0.3, 0.0, 0.3, 0.2],
+                    [0.0, 0.0, 0.6, 0.1, 0.45]], dtype=np.float32)
+    ties = MaxIoUAssigner(0.5, 0.4, force_all_ties=True).assign_from_iou(iou).gt_index
+    first = MaxIoUAssigner(0.5, 0.4).assign_from_iou(iou).gt_index
+    np.testing.assert_array_equal(ties, [BACKGROUND, 0, 1, 0, IGNORE])
+    np.testing.assert_array_equal(first, [BACKGROUND, 0, 1, BACKGROUND, IGNORE])
+
+
+def test_force_all_ties_matches_mmdetection_loop():
+    """Quantised IoUs make ties frequent; later GTs win shared anchors, as in mmdetection."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        g, p = int(rng.integers(1, 6)), int(rng.integers(1, 40))
+        iou = (rng.integers(0, 8, (g, p)) / 8.0).astype(np.float32)
+        got = MaxIoUAssigner(0.5, 0.4, force_all_ties=True).assign_from_iou(iou).gt_index
+        np.testing.assert_array_equal(got, _mmdet_loop(iou, 0.5, 0.4))

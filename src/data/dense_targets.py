@@ -89,7 +89,7 @@ class DenseTargetEncoder:
         self.kind = assigner
         self.atss = ATSSAssigner(atss_topk)
         self.max_iou = MaxIoUAssigner(pos_threshold=pos_iou, neg_threshold=neg_iou, force_best_prior=True,
-                                      min_pos_iou=0.0)
+                                      min_pos_iou=0.0, force_all_ties=True)
 
     def __call__(self, boxes: np.ndarray, labels: np.ndarray, input_hw: Sequence[int]):
         """boxes (G, 4) normalised to the input, labels (G,) -> (labels (N,) int32, boxes (N, 4) pixels)."""
