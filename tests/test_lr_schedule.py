@@ -39,3 +39,32 @@ def test_fractional_epoch_boundary_from_config():
                           lr_multipliers=cfg.train.lr_multipliers)
     # steps 0-5 are epochs 0 .. 1.25, steps 6-7 are epochs 1.5 and 1.75
     np.testing.assert_allclose(lr, [0.01] * 6 + [0.001] * 2, rtol=1e-6)
+
+
+def test_cosine_and_linear_hand_computed():
+    from src.training.lr_schedule import annealed_lr_schedule
+
+    cos = annealed_lr_schedule(lr=1.0, epochs=1, steps_per_epoch=5, shape="cosine")
+    # p = 0, 1/4, 1/2, 3/4, 1: (1 + cos(pi p)) / 2
+    np.testing.assert_allclose(cos, [1.0, 0.8535534, 0.5, 0.1464466, 0.0], atol=1e-6)
+    lin = annealed_lr_schedule(lr=1.0, epochs=1, steps_per_epoch=5, shape="linear", min_lr_ratio=0.2)
+    np.testing.assert_allclose(lin, [1.0, 0.8, 0.6, 0.4, 0.2], atol=1e-6)
+    # 2 warmup steps from 0, then cosine over the remaining 3 (p = 0, 1/2, 1)
+    warm = annealed_lr_schedule(lr=2.0, epochs=1, steps_per_epoch=5, shape="cosine", warmup_epochs=0.4,
+                                warmup_start_lr=0.0)
+    np.testing.assert_allclose(warm, [0.0, 1.0, 2.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_schedule_kind_from_config():
+    from src.config import load_config
+    from src.training.lr_schedule import schedule_from_config
+
+    cfg = load_config("configs/m2det_lite.yaml", ["train.lr_schedule=cosine", "train.min_lr_ratio=0.1",
+                                                  "train.warmup_epochs=0", "train.epochs=2"])
+    lr = schedule_from_config(cfg.train, steps_per_epoch=3, lr_scale=2.0)
+    peak = 2.0 * cfg.train.lr
+    assert len(lr) == 6 and lr[0] == pytest.approx(peak) and lr[-1] == pytest.approx(0.1 * peak)
+    assert np.all(np.diff(lr) < 0)
+    bad = load_config("configs/m2det_lite.yaml", ["train.lr_schedule=poly"])
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        schedule_from_config(bad.train, steps_per_epoch=3)

@@ -1,7 +1,13 @@
-"""Learning-rate schedule: linear warmup, then multi-step decay by epoch (SPEC 1.11).
+"""Learning-rate schedules: linear warmup, then multi-step decay by epoch (SPEC 1.11), or a
+cosine or linear annealing to `min_lr_ratio * lr` at the last step (mmdetection's
+CosineAnnealing / linear decay; short runs from scratch, e.g. the quickstart).
 
     warmup (epoch < warmup_epochs): lr(t) = start + (lr - start) * t / (warmup_epochs * steps)
-    after:                          lr * multiplier of the last lr_step <= epoch (1 before any)
+    step:    lr * multiplier of the last lr_step <= epoch (1 before any)
+    cosine:  lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2,  p = (t - W) / (T - 1 - W)
+    linear:  lr_min + (lr - lr_min) * (1 - p)
+             (t: step, W: warmup steps, T: total steps; p runs from 0 after the warmup to 1 at
+             the last step, so the last step trains at lr_min)
 
 The reference PyTorch schedule (4e-3 -> 2e-3 at 90 -> 4e-4 at 110 -> 4e-5 at 130 ->
 4e-6 at 150) is lr 0.004 with multipliers [0.5, 0.1, 0.01, 0.001] at [90, 110, 130, 150].
@@ -38,6 +44,36 @@ def step_lr_schedule(*, lr: float, epochs: int, steps_per_epoch: int, warmup_epo
     return rates.astype(np.float32)
 
 
+def annealed_lr_schedule(*, lr: float, epochs: float, steps_per_epoch: int, shape: str = "cosine",
+                         warmup_epochs: float = 0.0, warmup_start_lr: float = 0.0,
+                         min_lr_ratio: float = 0.0) -> np.ndarray:
+    """One learning rate per step: warmup, then cosine or linear annealing to lr * min_lr_ratio."""
+    if shape not in ANNEALED_SHAPES:
+        raise ValueError(f"unknown annealing shape {shape!r}; expected one of {ANNEALED_SHAPES}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    total = int(round(epochs * steps_per_epoch))
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total)
+    step = np.arange(total, dtype=np.float64)
+    lr_min = lr * min_lr_ratio
+    span = max(total - 1 - warmup_steps, 1)
+    progress = np.clip((step - warmup_steps) / span, 0.0, 1.0)
+    if shape == "cosine":
+        rates = lr_min + (lr - lr_min) * 0.5 * (1.0 + np.cos(np.pi * progress))
+    else:
+        rates = lr_min + (lr - lr_min) * (1.0 - progress)
+    if warmup_steps > 0:
+        w = step < warmup_steps
+        rates[w] = warmup_start_lr + (lr - warmup_start_lr) * step[w] / warmup_steps
+    return rates.astype(np.float32)
+
+
+ANNEALED_SHAPES = ("cosine", "linear")
+SCHEDULES = ("step",) + ANNEALED_SHAPES
+
+
 def lr_scale_for(train_cfg, global_batch: int) -> float:
     """Linear scaling rule: `global_batch / train.base_batch_size` when `train.scale_lr`, else 1.
 
@@ -55,6 +91,16 @@ def lr_scale_for(train_cfg, global_batch: int) -> float:
 
 
 def schedule_from_config(train_cfg, steps_per_epoch: int, lr_scale: float = 1.0) -> np.ndarray:
+    """The per-step rates named by `train.lr_schedule` (step | cosine | linear)."""
+    kind = train_cfg.get("lr_schedule", "step")
+    if kind not in SCHEDULES:
+        raise ValueError(f"train.lr_schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind != "step":
+        return annealed_lr_schedule(lr=train_cfg.lr * lr_scale, epochs=train_cfg.epochs,
+                                    steps_per_epoch=steps_per_epoch, shape=kind,
+                                    warmup_epochs=train_cfg.warmup_epochs,
+                                    warmup_start_lr=train_cfg.warmup_start_lr,
+                                    min_lr_ratio=float(train_cfg.get("min_lr_ratio", 0.0)))
     return step_lr_schedule(lr=train_cfg.lr * lr_scale, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
                             warmup_epochs=train_cfg.warmup_epochs, warmup_start_lr=train_cfg.warmup_start_lr,
                             lr_steps=train_cfg.lr_steps, lr_multipliers=train_cfg.lr_multipliers)

@@ -17,6 +17,8 @@ from mindspore import nn, ops
 from mindspore.communication import get_group_size
 from mindspore.context import ParallelMode
 
+from src.training.grad_clip import clip_by_global_norm
+
 
 class DetectorWithLoss(nn.Cell):
     """images + per-prior targets -> (total loss, *loss parts) using `detector.head.loss`.
@@ -88,7 +90,7 @@ class TrainStep(nn.Cell):
 
     def _apply(self, grads):
         if self.clip_grad_norm > 0:
-            grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
+            grads = clip_by_global_norm(grads, self.clip_grad_norm)
         done = self.optimizer(grads)
         if self.use_ema:
             done = ops.depend(done, self.ema())
