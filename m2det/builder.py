@@ -238,7 +238,7 @@ def build_neck(cfg, in_levels):
                    add_extra_convs=extra, relu_before_extra_convs=neck.relu_before_extra_convs)
     return MLFPN(in_levels, base_channels=list(neck.base_channels), planes=neck.planes,
                  num_levels=neck.num_levels, num_scales=neck.num_scales, shared_ffm2=neck.shared_leach,
-                 sfam=neck.sfam, sfam_reduction=neck.sfam_reduction)
+                 sfam=neck.sfam, sfam_reduction=neck.sfam_reduction, tum_norm=neck.tum_norm)
 
 
 def build_head(cfg, neck_levels, priors=None):

@@ -31,19 +31,44 @@ def kaiming_normal_fan_out():
     return HeNormal(negative_slope=0, mode="fan_out", nonlinearity="relu")
 
 
+NORMS = ("bn", "gn")
+GN_GROUPS = 16
+
+
+def group_count(channels: int, max_groups: int = GN_GROUPS) -> int:
+    """The largest group count <= max_groups that divides `channels` (GroupNorm needs one)."""
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
 class BasicConv(nn.Cell):
-    """Conv2d (no bias) -> BatchNorm2d -> ReLU, as the M2Det reference's BasicConv."""
+    """Conv2d (no bias) -> norm -> ReLU, as the M2Det reference's BasicConv.
+
+    norm: "bn" (the reference: BatchNorm2d, attribute `bn`) or "gn" (GroupNorm with
+    `group_count(out_channels)` groups, attribute `gn`): normalises each image on its own, so
+    training and inference compute the same function whatever the batch (see MLFPN `tum_norm`).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1):
+                 padding: int = 0, dilation: int = 1, norm: str = "bn"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"BasicConv norm must be one of {NORMS}, got {norm!r}")
         self.conv = conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
                            weight_init=kaiming_normal_fan_out())
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.use_bn = norm == "bn"
+        if self.use_bn:
+            self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        else:
+            self.gn = nn.GroupNorm(group_count(out_channels), out_channels, eps=BN_EPS)
         self.relu = nn.ReLU()
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        x = self.conv(x)
+        x = self.bn(x) if self.use_bn else self.gn(x)
+        return self.relu(x)
 
 
 def nearest_resize(x: Tensor, size: Sequence[int]) -> Tensor:

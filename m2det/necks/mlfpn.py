@@ -29,11 +29,17 @@ class MLFPN(nn.Cell):
             module 8 times); False gives every level its own weights.
         sfam: add the SFAM attention (off in the reference configs).
         sfam_reduction: SFAM squeeze ratio.
+        tum_norm: the TUMs' normalisation, "bn" (reference) or "gn" (GroupNorm). A TUM's deepest
+            maps are 1x1 and 3x3, so in training their BatchNorm sees one value (or nine) per
+            image and bounds an outlying image to a few standard deviations of its batch; at
+            inference the running statistics do not, and 4-8 stacked TUMs amplify the outlier
+            (small-batch CPU training, docs/BENCHMARKS.md "Quickstart"). GroupNorm normalises
+            every image on its own, identically in training and inference.
     """
 
     def __init__(self, in_levels: Sequence[tuple[int, int]], base_channels: Sequence[int] = (256, 512),
                  planes: int = 256, num_levels: int = 8, num_scales: int = 6, shared_ffm2: bool = True,
-                 sfam: bool = False, sfam_reduction: int = 16):
+                 sfam: bool = False, sfam_reduction: int = 16, tum_norm: str = "bn"):
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"MLFPN needs num_levels >= 1, got {num_levels}")
@@ -44,7 +50,7 @@ class MLFPN(nn.Cell):
         self.ffm2 = nn.CellList([FFMv2(self.ffm1.out_channels, half)
                                  for _ in range(1 if shared_ffm2 else num_levels)])
         self._ffm2_index = tuple(0 if shared_ffm2 else i for i in range(num_levels))
-        self.tums = nn.CellList([TUM(half if i == 0 else half + planes, planes, num_scales)
+        self.tums = nn.CellList([TUM(half if i == 0 else half + planes, planes, num_scales, norm=tum_norm)
                                  for i in range(num_levels)])
         channels = planes * num_levels
         self.sfam = SFAM(channels, sfam_reduction) if sfam else None

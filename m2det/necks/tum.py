@@ -22,23 +22,25 @@ class TUM(nn.Cell):
         in_channels: channels of the TUM input.
         planes: channels of every encoder/decoder map.
         num_scales: number of output maps (>= 2).
+        norm: normalisation of every BasicConv, "bn" (reference) or "gn".
     """
 
-    def __init__(self, in_channels: int, planes: int = 256, num_scales: int = 6):
+    def __init__(self, in_channels: int, planes: int = 256, num_scales: int = 6, norm: str = "bn"):
         super().__init__()
         if num_scales < 2:
             raise ValueError(f"TUM needs num_scales >= 2, got {num_scales}")
         n = num_scales
-        encoder = [BasicConv(in_channels, planes, 3, stride=2, padding=1)]
+        encoder = [BasicConv(in_channels, planes, 3, stride=2, padding=1, norm=norm)]
         for i in range(n - 2):
             last = i == n - 3
-            encoder.append(BasicConv(planes, planes, 3, stride=1 if last else 2, padding=0 if last else 1))
+            encoder.append(BasicConv(planes, planes, 3, stride=1 if last else 2, padding=0 if last else 1,
+                                     norm=norm))
         self.encoder = nn.CellList(encoder)
-        self.top = BasicConv(planes, planes, 1)
-        lateral = [BasicConv(planes, planes, 3, padding=1) for _ in range(n - 2)]
-        lateral.append(BasicConv(in_channels, planes, 3, padding=1))
+        self.top = BasicConv(planes, planes, 1, norm=norm)
+        lateral = [BasicConv(planes, planes, 3, padding=1, norm=norm) for _ in range(n - 2)]
+        lateral.append(BasicConv(in_channels, planes, 3, padding=1, norm=norm))
         self.lateral = nn.CellList(lateral)
-        self.smooth = nn.CellList([BasicConv(planes, planes, 1) for _ in range(n - 1)])
+        self.smooth = nn.CellList([BasicConv(planes, planes, 1, norm=norm) for _ in range(n - 1)])
         self.num_scales = n
         self.planes = planes
 
