@@ -232,6 +232,10 @@ def run_cases(args, path: str) -> list[dict]:
     from src.config import load_config
 
     cfg = load_config(path, args.overrides)
+    if cfg.model.neck.get("tum_norm", "bn") != "bn":
+        # the PyTorch reference's TUMs have BatchNorm (the release); compare that architecture
+        print(f"{path}: model.neck.tum_norm={cfg.model.neck.tum_norm} -> bn (the PyTorch reference's TUMs)")
+        cfg = load_config(path, list(args.overrides) + ["model.neck.tum_norm=bn"])
     rows = []
     if "forward" in args.cases:
         rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold)

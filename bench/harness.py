@@ -88,6 +88,9 @@ def reference_kwargs(cfg) -> dict:
     if model.backbone.name not in ("vgg16", "resnet50", "resnet101"):
         raise ValueError(f"{cfg.config_name}: no PyTorch reference for backbone {model.backbone.name}")
     neck = model.neck
+    if neck.get("tum_norm", "bn") != "bn":
+        raise ValueError(f"{cfg.config_name}: the PyTorch reference's TUMs use BatchNorm, this config has "
+                         f"model.neck.tum_norm={neck.tum_norm} (override it with model.neck.tum_norm=bn)")
     return dict(backbone=model.backbone.name, width=model.backbone.width, planes=neck.planes,
                 num_levels=neck.num_levels, num_scales=neck.num_scales,
                 base_channels=tuple(neck.base_channels), num_classes=model.num_classes,

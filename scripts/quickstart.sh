@@ -12,7 +12,7 @@ OUT=work_dirs/quickstart
 DATA=$OUT/data
 CONFIG=${CONFIG:-configs/m2det_lite.yaml}
 # objects of 20 px and more on 240-320 px images (at the 192 input the smallest prior is 11.5 px)
-GEN_ARGS="--train ${QUICKSTART_TRAIN:-4800} --val 200 --seed 0 --min-size 20 --max-side 320"
+GEN_ARGS="--train ${QUICKSTART_TRAIN:-4200} --val 200 --seed 0 --min-size 20 --max-side 320"
 if [ "$(cat "$DATA/.generated_with" 2>/dev/null)" != "$GEN_ARGS" ]; then
   rm -rf "$DATA"
   python -m src.data.synthetic --out "$DATA" $GEN_ARGS
