@@ -47,6 +47,7 @@ def main(argv=None) -> int:
 
     from m2det.builder import build_detector, build_priors
     from src.evaluation.evaluator import evaluate, format_report
+    from src.inference.fast_network import inference_network
     from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
     from src.training.trainer import set_context
 
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1
+    detector = inference_network(detector, cfg.test, args.device_target)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     try:
         metrics = evaluate(cfg, detector, build_priors(cfg), out_dir=out_dir, split=args.split,

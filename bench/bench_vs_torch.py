@@ -8,10 +8,13 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
 
     forward, batch 1 and 8   our Detector in inference mode (softmax included), the same network
                              with BatchNorm folded into the convolutions (src/export/fold_bn.py,
-                             the inference network), and tests/reference/torch_m2det.py
+                             the inference network), that folded network with its wide 3x3
+                             convolutions computed by Winograd F(2x2, 3x3) (m2det/winograd.py),
+                             and tests/reference/torch_m2det.py
     train step, batch 2      forward + MultiBox loss + backward + global-norm clip + SGD
                              (momentum, weight decay): the project's TrainStep against the same
                              step written in PyTorch (bench/harness.py)
+    train step (Winograd)    the same with train.winograd=true (its own process in full mode)
 
 In full mode each config's forward cases, and its train step, run in a fresh process (MindSpore
 keeps the memory pool it grew for the largest case: 512 at batch 8 and then a training step in one
@@ -20,10 +23,12 @@ process exceed 24 GiB); MindSpore and PyTorch still alternate inside that proces
 Reported: medians of `--reps` timed calls after one untimed call (MindSpore's compiles), the
 MindSpore/PyTorch ratio, the GFLOPs of the case (2 x multiply-adds of the convolutions and
 matmuls, counted by m2det.summary.count_flops; a train step is counted as 3 x forward), the
-achieved GFLOP/s, and its fraction of the ceiling: the best GFLOP/s MindSpore reaches on one 3x3
-convolution (1 x 512 x 40 x 40, 512 -> 512, among its fastest shapes here), the maximum over the
-runs of this command (one at the start of every worker process, before any model is built: timed
-between model calls the same convolution loses up to 40% to cache and allocator effects). A table
+achieved GFLOP/s (of the fastest MindSpore variant; for Winograd these are "effective": the direct
+convolutions' FLOPs over the time, since the algorithm does fewer), and its fraction of the
+ceiling: the best GFLOP/s MindSpore reaches on one direct 3x3 convolution (1 x 512 x 40 x 40,
+512 -> 512, among its fastest shapes here), the maximum over the runs of this command (one at
+the start of every worker process, before any model is built: timed between model calls the
+same convolution loses up to 40% to cache and allocator effects). A table
 of a few single-convolution shapes in both frameworks is printed first (`--no_conv_peak` skips it).
 
 Threads: both frameworks get `--threads` (default 2). OMP_WAIT_POLICY defaults to PASSIVE for
@@ -56,12 +61,17 @@ def parse_args(argv=None):
     parser.add_argument("--configs", nargs="+", help=f"config files (full: {' '.join(FULL_CONFIGS)})")
     parser.add_argument("--batches", nargs="+", type=int, help="forward batch sizes (full: 1 8)")
     parser.add_argument("--train_batch", type=int, default=2, help="train-step batch size")
-    parser.add_argument("--cases", nargs="+", choices=["forward", "train"], default=["forward", "train"])
+    parser.add_argument("--cases", nargs="+", choices=["forward", "train", "train_winograd"],
+                        default=["forward", "train", "train_winograd"])
     parser.add_argument("--reps", type=int, help="timed repetitions per case (full: 3, short: 1)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework")
     parser.add_argument("--omp_wait_policy", choices=["passive", "active", "keep"], default="passive",
                         help="PyTorch's OpenMP barrier policy (see above); keep = leave the environment alone")
-    parser.add_argument("--no_fold", action="store_true", help="skip the BN-folded inference network")
+    parser.add_argument("--no_fold", action="store_true", help="skip the BN-folded inference networks")
+    parser.add_argument("--no_winograd", action="store_true",
+                        help="skip the Winograd forward variant (it needs `bash scripts/make.sh`)")
+    parser.add_argument("--winograd_min_channels", type=int, default=128,
+                        help="Winograd for 3x3 convolutions with at least this many input and output channels")
     parser.add_argument("--no_conv_peak", action="store_true", help="skip the table of single 3x3 convolutions")
     parser.add_argument("--json", help="also write the rows and the settings to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -74,7 +84,7 @@ def parse_args(argv=None):
     return args
 
 
-def forward_rows(cfg, batches, reps, fold: bool) -> list[dict]:
+def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_channels: int = 128) -> list[dict]:
     import mindspore as ms
     import numpy as np
     import torch
@@ -87,6 +97,8 @@ def forward_rows(cfg, batches, reps, fold: bool) -> list[dict]:
     networks = [("mindspore", detector)]
     if fold:
         networks.append(("mindspore_folded", H.folded_copy(detector)))
+        if winograd:
+            networks.append(("mindspore_winograd", H.winograd_copy(detector, min_channels)))
     size = cfg.model.input_size
     rows = []
     for batch in batches:
@@ -115,7 +127,7 @@ def forward_rows(cfg, batches, reps, fold: bool) -> list[dict]:
     return rows
 
 
-def train_row(cfg, batch, reps) -> dict:
+def train_row(cfg, batch, reps, winograd: bool = False, min_channels: int = 128) -> dict:
     import mindspore as ms
     import numpy as np
     import torch
@@ -128,6 +140,10 @@ def train_row(cfg, batch, reps) -> dict:
     size = cfg.model.input_size
     images = np.random.default_rng(7).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
     loc_t, conf_t = H.synthetic_targets(cfg, batch, seed=7)
+    if winograd:
+        from m2det.winograd import use_winograd
+
+        use_winograd(detector, min_channels, trainable=True)    # as train.winograd=true (src/training/trainer.py)
     step = H.mindspore_train_step(detector, cfg)
     torch_step = H.TorchTrainStep(reference, cfg)
     ms_inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
@@ -136,7 +152,8 @@ def train_row(cfg, batch, reps) -> dict:
              ("pytorch", lambda: torch_step(*torch_inputs).numpy())]
     first = H.alternate(cases, reps=1, warmup=0)
     times = H.alternate(cases, reps=reps, warmup=0)
-    row = {"config": cfg.config_name, "case": "train step", "batch": batch, "reps": reps,
+    row = {"config": cfg.config_name, "case": "train step (Winograd)" if winograd else "train step",
+           "batch": batch, "reps": reps,
            "gflop": 3 * flops * batch / 1e9}
     for name, _ in cases:
         row[f"{name}_ms"] = 1e3 * H.median(times[name])
@@ -167,10 +184,12 @@ def set_fraction(rows: list[dict], ceiling: float) -> None:
 def _ratios(row: dict) -> None:
     """MindSpore/PyTorch ratios and GFLOP/s (the BN-folded network's, where there is one)."""
     pt = row["pytorch_ms"]
-    best = row.get("mindspore_folded_ms", row["mindspore_ms"])
+    best = min(row[k] for k in ("mindspore_ms", "mindspore_folded_ms", "mindspore_winograd_ms") if k in row)
     row["ratio"] = row["mindspore_ms"] / pt
     if "mindspore_folded_ms" in row:
         row["ratio_folded"] = row["mindspore_folded_ms"] / pt
+    if "mindspore_winograd_ms" in row:
+        row["ratio_winograd"] = row["mindspore_winograd_ms"] / pt
     row["mindspore_gflops"] = row["gflop"] / (best / 1e3)
     row["pytorch_gflops"] = row["gflop"] / (pt / 1e3)
 
@@ -184,11 +203,13 @@ def _fmt(value, digits=1) -> str:
 def _line(row: dict) -> str:
     return (f"  {row['config']} {row['case']} b{row['batch']}: MindSpore {_fmt(row['mindspore_ms'])} ms"
             + (f", folded {_fmt(row['mindspore_folded_ms'])} ms" if "mindspore_folded_ms" in row else "")
+            + (f", Winograd {_fmt(row['mindspore_winograd_ms'])} ms" if "mindspore_winograd_ms" in row else "")
             + f", PyTorch {_fmt(row['pytorch_ms'])} ms")
 
 
-TABLE_HEADERS = ["config", "case", "batch", "MindSpore ms", "MS BN-folded ms", "PyTorch ms", "MS/PT",
-                 "folded/PT", "GFLOP", "MS GFLOP/s", "PT GFLOP/s", "MS 3x3-conv ceiling GFLOP/s", "MS % of ceiling"]
+TABLE_HEADERS = ["config", "case", "batch", "MindSpore ms", "MS BN-folded ms", "MS folded + Winograd ms",
+                 "PyTorch ms", "MS/PT", "folded/PT", "Winograd/PT", "GFLOP", "MS GFLOP/s", "PT GFLOP/s",
+                 "MS 3x3-conv ceiling GFLOP/s", "MS % of ceiling"]
 
 
 def table(rows: list[dict]) -> str:
@@ -198,8 +219,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         frac = r.get("fraction_of_peak")
         body.append([r["config"], r["case"], r["batch"], _fmt(r["mindspore_ms"]),
-                     _fmt(r.get("mindspore_folded_ms")), _fmt(r["pytorch_ms"]), _fmt(r["ratio"], 2),
-                     _fmt(r.get("ratio_folded"), 2), _fmt(r["gflop"]), _fmt(r["mindspore_gflops"]),
+                     _fmt(r.get("mindspore_folded_ms")), _fmt(r.get("mindspore_winograd_ms")),
+                     _fmt(r["pytorch_ms"]), _fmt(r["ratio"], 2), _fmt(r.get("ratio_folded"), 2),
+                     _fmt(r.get("ratio_winograd"), 2), _fmt(r["gflop"]), _fmt(r["mindspore_gflops"]),
                      _fmt(r["pytorch_gflops"]), _fmt(r["conv_peak_gflops"]),
                      "-" if frac is None else f"{100 * frac:.0f}%"])
     return markdown_table(TABLE_HEADERS, body)
@@ -238,9 +260,12 @@ def run_cases(args, path: str) -> list[dict]:
         cfg = load_config(path, list(args.overrides) + ["model.neck.tum_norm=bn"])
     rows = []
     if "forward" in args.cases:
-        rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold)
+        rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, not args.no_winograd,
+                             args.winograd_min_channels)
     if "train" in args.cases:
         rows.append(train_row(cfg, args.train_batch, args.reps))
+    if "train_winograd" in args.cases:
+        rows.append(train_row(cfg, args.train_batch, args.reps, winograd=True, min_channels=args.winograd_min_channels))
     return rows
 
 
@@ -252,7 +277,9 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--configs", path, "--cases", case,
            "--batches", *[str(b) for b in args.batches], "--train_batch", str(args.train_batch),
            "--reps", str(args.reps), "--threads", str(args.threads), "--omp_wait_policy", args.omp_wait_policy]
-    cmd += ["--no_fold"] * args.no_fold + (["--set", *args.overrides] if args.overrides else [])
+    cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd
+    cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
+    cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     rows = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -212,6 +212,16 @@ def folded_copy(detector):
     return network
 
 
+def winograd_copy(detector, min_channels: int = 128):
+    """`folded_copy` with its eligible 3x3 convolutions by Winograd F(2x2, 3x3) (m2det/winograd.py)."""
+    from m2det.winograd import use_winograd
+
+    network = folded_copy(detector)
+    use_winograd(network, min_channels)
+    network.set_train(False)
+    return network
+
+
 # ---------------------------------------------------------------- training step, both frameworks
 
 def synthetic_targets(cfg, batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -42,19 +42,24 @@ def positive(value):
 
 def test_vs_torch_short_mode(tmp_path):
     out = tmp_path / "bench.json"
-    stdout = run("bench_vs_torch.py", "--short", "--configs", TINY, "--json", str(out))
+    # tiny's convolutions are narrow: lower the Winograd threshold so that its variants really use it
+    stdout = run("bench_vs_torch.py", "--short", "--configs", TINY, "--winograd_min_channels", "8",
+                 "--json", str(out))
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert [(r["config"], r["case"], r["batch"]) for r in rows] == [("tiny", "forward", 1), ("tiny", "train step", 2)]
+    assert [(r["config"], r["case"], r["batch"]) for r in rows] == [("tiny", "forward", 1), ("tiny", "train step", 2),
+                                                                     ("tiny", "train step (Winograd)", 2)]
     for r in rows:
         for key in ("mindspore_ms", "pytorch_ms", "ratio", "gflop", "mindspore_gflops", "pytorch_gflops",
                     "fraction_of_peak", "conv_peak_gflops", "mindspore_first_ms"):
             assert positive(r[key]), (key, r)
     assert positive(rows[0]["mindspore_folded_ms"]) and positive(rows[0]["ratio_folded"])
+    assert positive(rows[0]["mindspore_winograd_ms"]) and positive(rows[0]["ratio_winograd"])
     assert positive(result["conv_table_best_gflops"])
     assert result["settings"]["threads"] == 2 and result["settings"]["omp_wait_policy"] == "PASSIVE"
     table = stdout[stdout.index("| config | case |"):]
     assert "| tiny | forward | 1 |" in table and "| tiny | train step | 2 |" in table
+    assert "| tiny | train step (Winograd) | 2 |" in table
 
 
 def test_latency_memory_worker():

@@ -71,7 +71,7 @@ def test_predictor_is_the_evaluation_path(model):
     images = [picture(80, 100, 0), picture(120, 64, 1), picture(50, 50, 2)]
     predictor = Predictor.from_checkpoint(cfg, ckpt, batch_size=2)
     got = predictor.predict(images)
-    one_by_one = Predictor(cfg, detector, predictor.decoder, batch_size=1).predict(images)
+    one_by_one = Predictor(cfg, predictor.network, predictor.decoder, batch_size=1).predict(images)
     priors = build_priors(cfg).boxes()
     coder = SSDBoxCoder(cfg.priors.variance)
     for image, dets, single in zip(images, got, one_by_one):

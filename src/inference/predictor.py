@@ -88,10 +88,12 @@ class Predictor:
         from m2det.builder import build_detector, build_output_decoder
         from src.training.checkpoint import load_detector_weights, read_checkpoint
 
+        from src.inference.fast_network import inference_network
+
         detector = build_detector(cfg)
         load_detector_weights(detector, read_checkpoint(path), path)
-        detector.set_train(False)
-        return cls(cfg, detector, build_output_decoder(cfg), batch_size, f"checkpoint {path}")
+        network = inference_network(detector, cfg.test)
+        return cls(cfg, network, build_output_decoder(cfg), batch_size, f"checkpoint {path}")
 
     @classmethod
     def from_mindir(cls, cfg, path: str) -> "Predictor":

@@ -103,6 +103,21 @@ def train(cfg, opts: TrainOptions) -> dict:
         stop.uninstall()
 
 
+def _use_winograd_for_training(detector, device_target: str, amp_level: str) -> None:
+    """train.winograd: eligible 3x3 convolutions by Winograd F(2x2, 3x3) (m2det/winograd.py), CPU only."""
+    from m2det import winograd
+
+    if device_target != "CPU" or amp_level != "O0":
+        log.info("train.winograd applies to float32 training on CPU only; using direct convolutions on %s (%s)",
+                 device_target, amp_level)
+        return
+    if not winograd.available():
+        raise RuntimeError(f"train.winograd is on but {winograd.LIBRARY} is not built: run `bash scripts/make.sh` "
+                           "(or set train.winograd=false)")
+    replaced = winograd.use_winograd(detector, trainable=True)
+    log.info("train.winograd: %d convolutions use Winograd F(2x2, 3x3)", len(replaced))
+
+
 def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
     tcfg = cfg.train
     ms.set_seed(tcfg.seed)
@@ -147,6 +162,8 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
     amp_level = resolve_amp_level(tcfg.amp_level, opts.device_target)
     if amp_level == "O2":
         apply_o2(detector)
+    if tcfg.winograd:
+        _use_winograd_for_training(detector, opts.device_target, amp_level)
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
