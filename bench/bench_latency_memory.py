@@ -7,14 +7,17 @@
 Every measurement runs in a fresh process (`--worker`), so that its peak resident set size
 (getrusage ru_maxrss) belongs to that case alone:
 
-    infer   our Detector in inference mode, batch 1, GRAPH mode: for one 640x480 image,
+    infer   the inference network of eval.py / infer.py (src/inference/fast_network.py: the
+            Detector with BatchNorm folded and, on CPU, Winograd 3x3 convolutions, as the
+            config's test.fold_bn / test.winograd say), batch 1, GRAPH mode: for one 640x480 image,
             preprocessing (src/data/transforms.preprocess_for_test: resize, mean) ->
             network (forward + the copy of the outputs to NumPy) -> post-processing (the
             output decoder, scaling to the image, postprocess.detect with the config's `test:`
             settings); medians, Detectron's "X + Y + Z ms" style. `candidates` is the number of
             (prior, class) scores above the score threshold that reached NMS: random weights
             make it unlike a trained model's, so `--eval` measures the real split.
-    train   the project's TrainStep (forward + loss + backward + clip + SGD), batch 2
+    train   the project's TrainStep (forward + loss + backward + clip + SGD), batch 2, with
+            Winograd convolutions when the config says train.winograd: true
     torch_infer / torch_train   the PyTorch reference doing the same (--no_torch skips them)
 
 `--eval CONFIG CHECKPOINT --data_dir D` runs src.evaluation.evaluator.evaluate over the split
@@ -76,13 +79,14 @@ def worker_infer(cfg, reps: int) -> dict:
     from src.data.resize import InputPolicy
     from src.data.transforms import preprocess_for_test
     from src.evaluation.evaluator import detect_kwargs, to_original_pixels
+    from src.inference.fast_network import inference_network
     from src.postprocess import detect
 
     import_rss = current_rss_mib()
     ms.set_seed(0)
     detector = build_detector(cfg)
     H.randomize_batchnorm(detector)
-    detector.set_train(False)
+    detector = inference_network(detector, cfg.test, "CPU")
     decoder = build_output_decoder(cfg)
     policy = InputPolicy.from_config(cfg)
     kwargs = detect_kwargs(cfg.test)
@@ -129,6 +133,10 @@ def worker_train(cfg, reps: int, batch: int) -> dict:
 
     images = np.random.default_rng(7).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
     loc_t, conf_t = H.synthetic_targets(cfg, batch, seed=7)
+    if cfg.train.winograd:
+        from m2det.winograd import use_winograd
+
+        use_winograd(detector, trainable=True)
     step = H.mindspore_train_step(detector, cfg)
     inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
     times = []
@@ -136,7 +144,8 @@ def worker_train(cfg, reps: int, batch: int) -> dict:
         start = time.perf_counter()
         step(*inputs)[0].asnumpy()
         times.append(time.perf_counter() - start)
-    return {"step_ms": 1e3 * H.median(times[1:]), "first_call_s": times[0], "import_rss_mib": import_rss}
+    return {"step_ms": 1e3 * H.median(times[1:]), "first_call_s": times[0], "import_rss_mib": import_rss,
+            "winograd": bool(cfg.train.winograd)}
 
 
 def worker_torch(cfg, reps: int, batch: int, train: bool) -> dict:
@@ -204,6 +213,9 @@ def spawn(worker: str, config: str, args) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
+    if proc.returncode == -9 and worker != "infer":     # SIGKILL: the kernel's out-of-memory killer
+        print(f"  worker {worker} on {config} was killed (out of memory?)", flush=True)
+        return {"failed": "killed (out of memory?)"}
     raise RuntimeError(f"worker {worker} on {config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
@@ -214,6 +226,7 @@ def eval_split(config: str, checkpoint: str, data_dir: str, overrides, threads: 
     from m2det.builder import build_detector, build_priors
     from src.config import load_config
     from src.evaluation.evaluator import evaluate
+    from src.inference.fast_network import inference_network
     from src.training.checkpoint import load_detector_weights, read_checkpoint
 
     H.set_threads(threads)
@@ -221,6 +234,7 @@ def eval_split(config: str, checkpoint: str, data_dir: str, overrides, threads: 
     cfg = load_config(config, list(overrides) + [f"data.root={data_dir}"])
     detector = build_detector(cfg)
     load_detector_weights(detector, read_checkpoint(checkpoint), checkpoint)
+    detector = inference_network(detector, cfg.test, "CPU")         # what eval.py runs
     start = time.perf_counter()
     metrics = evaluate(cfg, detector, build_priors(cfg))
     wall = time.perf_counter() - start
@@ -284,7 +298,9 @@ def main(argv=None) -> int:
         print()
 
         def mib(row, worker):
-            return f"{row[worker]['peak_rss_mib']:,.0f}" if worker in row else "-"
+            if worker not in row:
+                return "-"
+            return row[worker]["failed"] if "failed" in row[worker] else f"{row[worker]['peak_rss_mib']:,.0f}"
 
         print(markdown_table(
             ["config", "peak RSS inference (MiB)", f"peak RSS train step b{args.train_batch} (MiB)",

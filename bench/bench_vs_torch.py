@@ -16,9 +16,11 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              step written in PyTorch (bench/harness.py)
     train step (Winograd)    the same with train.winograd=true (its own process in full mode)
 
-In full mode each config's forward cases, and its train step, run in a fresh process (MindSpore
-keeps the memory pool it grew for the largest case: 512 at batch 8 and then a training step in one
-process exceed 24 GiB); MindSpore and PyTorch still alternate inside that process.
+In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
+it grew for the largest case), MindSpore and PyTorch alternating inside it. A train step runs in
+two worker processes, one per framework, that the parent alternates step by step: MindSpore's
+training graph holds ~17 GB at 320, and in the same process PyTorch's step ran ~1.5x slower than
+alone, which flattered MindSpore (0.74 instead of 0.91 on 2026-11-21, docs/BENCHMARKS.md).
 
 Reported: medians of `--reps` timed calls after one untimed call (MindSpore's compiles), the
 MindSpore/PyTorch ratio, the GFLOPs of the case (2 x multiply-adds of the convolutions and
@@ -44,6 +46,7 @@ import gc
 import json
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -127,42 +130,114 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
     return rows
 
 
-def train_row(cfg, batch, reps, winograd: bool = False, min_channels: int = 128) -> dict:
+def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: int, threads: int,
+                       winograd: bool, min_channels: int) -> None:
+    """One framework's train step in its own process: build it, then time one step per request."""
     import mindspore as ms
     import numpy as np
-    import torch
 
     from bench import harness as H
-    from m2det.summary import count_flops
+    from src.config import load_config
 
-    detector, reference = H.build_pair(cfg, seed=1)
-    flops, _ = count_flops(detector, cfg.model.input_size)
+    H.set_threads(threads)
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    cfg = load_config(path, overrides)
+    detector, reference = H.build_pair(cfg, seed=1)       # same weights in both processes
     size = cfg.model.input_size
     images = np.random.default_rng(7).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
     loc_t, conf_t = H.synthetic_targets(cfg, batch, seed=7)
-    if winograd:
-        from m2det.winograd import use_winograd
+    if framework == "mindspore":
+        del reference
+        if winograd:
+            from m2det.winograd import use_winograd
 
-        use_winograd(detector, min_channels, trainable=True)    # as train.winograd=true (src/training/trainer.py)
-    step = H.mindspore_train_step(detector, cfg)
-    torch_step = H.TorchTrainStep(reference, cfg)
-    ms_inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
-    torch_inputs = (torch.from_numpy(images), torch.from_numpy(loc_t), torch.from_numpy(conf_t))
-    cases = [("mindspore", lambda: step(*ms_inputs)[0].asnumpy()),
-             ("pytorch", lambda: torch_step(*torch_inputs).numpy())]
-    first = H.alternate(cases, reps=1, warmup=0)
-    times = H.alternate(cases, reps=reps, warmup=0)
+            use_winograd(detector, min_channels, trainable=True)    # as train.winograd=true does
+        step = H.mindspore_train_step(detector, cfg)
+        inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
+        run_step = lambda: step(*inputs)[0].asnumpy()  # noqa: E731
+    else:
+        import torch
+
+        del detector
+        step = H.TorchTrainStep(reference, cfg)
+        inputs = (torch.from_numpy(images), torch.from_numpy(loc_t), torch.from_numpy(conf_t))
+        run_step = lambda: step(*inputs).numpy()  # noqa: E731
+    gc.collect()
+    conn.send("ready")
+    while conn.recv() == "step":
+        start = time.perf_counter()
+        run_step()
+        conn.send(time.perf_counter() - start)
+
+
+class _RemoteStep:
+    """A train-step worker process seen as a callable that runs one step and waits for it."""
+
+    def __init__(self, ctx, framework: str, args: tuple):
+        self.framework = framework
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_train_step_worker, args=(child, framework, *args), daemon=True)
+        self.process.start()
+        child.close()
+
+    def _receive(self):
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(f"{self.framework} train-step worker exited with {self.process.exitcode} "
+                               "(-9: killed, out of memory?)") from None
+
+    def ready(self) -> None:
+        self._receive()
+
+    def __call__(self) -> float:
+        self.conn.send("step")
+        return self._receive()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send("stop")
+        self.process.join()
+
+
+def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: int, winograd: bool = False,
+              min_channels: int = 128) -> dict:
+    """Train steps alternating between two worker processes, one per framework.
+
+    Unlike the forward cases, the steps do not share a process: MindSpore's training graph holds
+    ~17 GB at 320 (peak RSS, docs/BENCHMARKS.md), and next to it PyTorch's step took 8.4-12.8 s
+    against 5.9-7.6 s in a process of its own. The parent still alternates them (one step at a
+    time, the order rotated every repetition), so both see the machine in the same minutes.
+    """
+    import multiprocessing
+
+    from bench import harness as H
+    from m2det.builder import build_detector
+    from m2det.summary import count_flops
+
+    flops, _ = count_flops(build_detector(cfg), cfg.model.input_size)
+    gc.collect()
+    ctx = multiprocessing.get_context("spawn")
+    worker_args = (path, list(overrides), batch, threads, winograd, min_channels)
+    workers = [_RemoteStep(ctx, name, worker_args) for name in ("mindspore", "pytorch")]
+    try:
+        for worker in workers:
+            worker.ready()
+        cases = [(worker.framework, worker) for worker in workers]
+        first = H.alternate(cases, reps=1, warmup=0)
+        times = H.alternate(cases, reps=reps, warmup=0)
+    finally:
+        for worker in workers:
+            worker.close()
     row = {"config": cfg.config_name, "case": "train step (Winograd)" if winograd else "train step",
-           "batch": batch, "reps": reps,
-           "gflop": 3 * flops * batch / 1e9}
+           "batch": batch, "reps": reps, "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
     for name, _ in cases:
         row[f"{name}_ms"] = 1e3 * H.median(times[name])
         row[f"{name}_first_ms"] = 1e3 * first[name][0]
     row["times_ms"] = {name: [round(1e3 * t, 1) for t in v] for name, v in times.items()}
     _ratios(row)
     print(_line(row), flush=True)
-    del step, torch_step, detector, reference
-    gc.collect()
     return row
 
 
@@ -253,19 +328,21 @@ def run_cases(args, path: str) -> list[dict]:
     """The forward and/or train cases of one config, in this process."""
     from src.config import load_config
 
-    cfg = load_config(path, args.overrides)
+    overrides = list(args.overrides)
+    cfg = load_config(path, overrides)
     if cfg.model.neck.get("tum_norm", "bn") != "bn":
         # the PyTorch reference's TUMs have BatchNorm (the release); compare that architecture
         print(f"{path}: model.neck.tum_norm={cfg.model.neck.tum_norm} -> bn (the PyTorch reference's TUMs)")
-        cfg = load_config(path, list(args.overrides) + ["model.neck.tum_norm=bn"])
+        overrides.append("model.neck.tum_norm=bn")
+        cfg = load_config(path, overrides)
     rows = []
     if "forward" in args.cases:
         rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, not args.no_winograd,
                              args.winograd_min_channels)
-    if "train" in args.cases:
-        rows.append(train_row(cfg, args.train_batch, args.reps))
-    if "train_winograd" in args.cases:
-        rows.append(train_row(cfg, args.train_batch, args.reps, winograd=True, min_channels=args.winograd_min_channels))
+    for case in ("train", "train_winograd"):
+        if case in args.cases:
+            rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
+                                  winograd=case == "train_winograd", min_channels=args.winograd_min_channels))
     return rows
 
 
