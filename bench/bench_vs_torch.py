@@ -12,9 +12,10 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              convolutions computed by Winograd F(2x2, 3x3) (m2det/winograd.py),
                              and tests/reference/torch_m2det.py
     train step, batch 2      forward + MultiBox loss + backward + global-norm clip + SGD
-                             (momentum, weight decay): the project's TrainStep against the same
-                             step written in PyTorch (bench/harness.py)
-    train step (Winograd)    the same with train.winograd=true (its own process in full mode)
+                             (momentum, weight decay): the project's TrainStep with direct
+                             convolutions (train.winograd=false) against the same step written in
+                             PyTorch (bench/harness.py)
+    train step (Winograd)    the same with Winograd convolutions, as train.winograd (the default)
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
 it grew for the largest case), MindSpore and PyTorch alternating inside it. A train step runs in
