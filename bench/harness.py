@@ -199,17 +199,9 @@ def build_pair(cfg, seed: int = 0):
 
 def folded_copy(detector):
     """An inference copy of `detector` with every conv -> BatchNorm pair folded (src/export/fold_bn.py)."""
-    import copy
+    from src.inference.fast_network import inference_network
 
-    from src.export.cells import refresh_parameter_names
-    from src.export.fold_bn import fold_batchnorm
-
-    network = copy.deepcopy(detector)
-    network.set_train(False)
-    fold_batchnorm(network)
-    refresh_parameter_names(network)
-    network.set_train(False)
-    return network
+    return inference_network(detector, {"fold_bn": True, "winograd": False}, "CPU")
 
 
 def winograd_copy(detector, min_channels: int = 128):

@@ -88,10 +88,10 @@ class WinogradConv2d(nn.Cell):
         super().__init__()
         if not available():
             raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
-        w = weight.asnumpy() if isinstance(weight, (ms.Tensor, ms.Parameter)) else np.asarray(weight, np.float32)
-        if w.ndim != 4 or w.shape[2:] != (3, 3):
-            raise ValueError(f"WinogradConv2d needs (K, C, 3, 3) weights, got {w.shape}")
-        self.out_channels, self.in_channels = int(w.shape[0]), int(w.shape[1])
+        shape = tuple(weight.shape)
+        if len(shape) != 4 or shape[2:] != (3, 3):
+            raise ValueError(f"WinogradConv2d needs (K, C, 3, 3) weights, got {shape}")
+        self.out_channels, self.in_channels = int(shape[0]), int(shape[1])
         self.trainable = trainable
         if trainable:
             if not isinstance(weight, ms.Parameter):
@@ -99,6 +99,7 @@ class WinogradConv2d(nn.Cell):
             self.weight = weight
             self.gg = ms.Tensor(GG.astype(np.float32))
         else:
+            w = weight.asnumpy() if isinstance(weight, ms.Tensor) else np.asarray(weight, np.float32)
             self.u = ms.Parameter(ms.Tensor(transform_weight(w)), name="u", requires_grad=False)
         if isinstance(bias, ms.Parameter):
             self.bias = bias
