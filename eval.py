@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     import mindspore as ms
 
-    from m2det.builder import build_detector, build_priors
+    from src.builder import build_detector, build_priors
     from src.evaluation.evaluator import evaluate, format_report
     from src.inference.fast_network import inference_network
     from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     import mindspore as ms
 
-    from m2det.builder import build_detector
+    from src.builder import build_detector
     from src.export import ExportError, export_detector
     from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
 

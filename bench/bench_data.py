@@ -38,7 +38,7 @@ CONFIGS = {320: "m2det320_vgg.yaml", 512: "m2det512_vgg.yaml", 800: "m2det800_vg
 
 def priors_for(cfg) -> np.ndarray:
     try:
-        from m2det.builder import build_priors
+        from src.builder import build_priors
         return build_priors(cfg).boxes()
     except ImportError:   # the model package is optional for this benchmark
         size = cfg.model.input_size

@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 
-from m2det.builder import build_detector  # noqa: E402
+from src.builder import build_detector  # noqa: E402
 from m2det.detector import count_params  # noqa: E402
-from m2det.summary import count_flops  # noqa: E402
+from src.summary import count_flops  # noqa: E402
 from src.config import load_config  # noqa: E402
 
 

@@ -62,7 +62,7 @@ def _step_time(csv_path: str) -> float:
 
 
 def _num_params(config: str, overrides: list[str]) -> int:
-    from m2det.builder import build_detector
+    from src.builder import build_detector
     from src.config import load_config
 
     net = build_detector(load_config(config, overrides))

@@ -75,7 +75,7 @@ def worker_infer(cfg, reps: int) -> dict:
     import numpy as np
 
     from bench import harness as H
-    from m2det.builder import build_detector, build_output_decoder
+    from src.builder import build_detector, build_output_decoder
     from src.data.resize import InputPolicy
     from src.data.transforms import preprocess_for_test
     from src.evaluation.evaluator import detect_kwargs, to_original_pixels
@@ -123,7 +123,7 @@ def worker_train(cfg, reps: int, batch: int) -> dict:
     import mindspore as ms
 
     from bench import harness as H
-    from m2det.builder import build_detector
+    from src.builder import build_detector
 
     import_rss = current_rss_mib()
     ms.set_seed(0)
@@ -153,7 +153,7 @@ def worker_torch(cfg, reps: int, batch: int, train: bool) -> dict:
     import torch
 
     from bench import harness as H
-    from m2det.builder import build_priors
+    from src.builder import build_priors
 
     import_rss = current_rss_mib()
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def eval_split(config: str, checkpoint: str, data_dir: str, overrides, threads: 
     import mindspore as ms
 
     from bench import harness as H
-    from m2det.builder import build_detector, build_priors
+    from src.builder import build_detector, build_priors
     from src.config import load_config
     from src.evaluation.evaluator import evaluate
     from src.inference.fast_network import inference_network

@@ -25,7 +25,7 @@ alone, which flattered MindSpore (0.74 instead of 0.91 on 2026-11-21, docs/BENCH
 
 Reported: medians of `--reps` timed calls after one untimed call (MindSpore's compiles), the
 MindSpore/PyTorch ratio, the GFLOPs of the case (2 x multiply-adds of the convolutions and
-matmuls, counted by m2det.summary.count_flops; a train step is counted as 3 x forward), the
+matmuls, counted by src.summary.count_flops; a train step is counted as 3 x forward), the
 achieved GFLOP/s (of the fastest MindSpore variant; for Winograd these are "effective": the direct
 convolutions' FLOPs over the time, since the algorithm does fewer), and its fraction of the
 ceiling: the best GFLOP/s MindSpore reaches on one direct 3x3 convolution (1 x 512 x 40 x 40,
@@ -94,7 +94,7 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
     import torch
 
     from bench import harness as H
-    from m2det.summary import count_flops
+    from src.summary import count_flops
 
     detector, reference = H.build_pair(cfg)
     flops, _ = count_flops(detector, cfg.model.input_size)
@@ -214,8 +214,8 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
     import multiprocessing
 
     from bench import harness as H
-    from m2det.builder import build_detector
-    from m2det.summary import count_flops
+    from src.builder import build_detector
+    from src.summary import count_flops
 
     flops, _ = count_flops(build_detector(cfg), cfg.model.input_size)
     gc.collect()

@@ -185,7 +185,7 @@ def build_pair(cfg, seed: int = 0):
     import mindspore as ms
     import torch
 
-    from m2det.builder import build_detector, build_priors
+    from src.builder import build_detector, build_priors
 
     ms.set_seed(seed)
     torch.manual_seed(seed)
@@ -221,7 +221,7 @@ def synthetic_targets(cfg, batch_size: int, seed: int = 0) -> tuple[np.ndarray, 
     the project's own target encoder, so that both frameworks see realistic positives."""
     from heads.assigners.max_iou import MaxIoUAssigner
     from heads.box_coder import SSDBoxCoder
-    from m2det.builder import build_priors
+    from src.builder import build_priors
     from src.data.targets import SSDTargetEncoder
 
     priors = build_priors(cfg).boxes()

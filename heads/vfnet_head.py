@@ -12,7 +12,7 @@ reg_denom_l = 8 x stride_l, i.e. mmdetection's [64, 128, 256, 512, 1024] for str
 Points are the cell positions (x * stride, y * stride): the centres of the ATSS anchors used to
 assign targets (mmdetection's use_atss with anchor centre offset 0).
 
-The deformable convs are `m2det.ops.DeformConv2d`, DCN v1 behaviour through the modulated op
+The deformable convs are `heads.ops.DeformConv2d`, DCN v1 behaviour through the modulated op
 with every mask value 1; offsets in mmcv's interleaved (dy, dx) layout (the cell converts).
 
 Loss (SPEC 2.3 / 2.4):
@@ -39,7 +39,7 @@ from heads.dense_head_utils import (DeviceMean, LevelPriors, Scale, box_centres,
                                     topk_per_level)
 from heads.losses import aligned_box_iou, giou_loss, varifocal_loss
 from heads.utils import flatten_levels
-from m2det.ops.deform_conv import DeformConv2d
+from heads.ops.deform_conv import DeformConv2d
 
 MIN_IOU = 1e-6
 

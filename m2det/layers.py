@@ -8,6 +8,8 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import HeNormal
 
+from heads.ops.conv import conv2d
+
 # PyTorch BatchNorm momentum 0.01 (weight of the new batch) = MindSpore 0.99 (weight of the old value):
 # the reference's BasicConv
 BN_MOMENTUM = 0.99
@@ -15,15 +17,6 @@ BN_MOMENTUM = 0.99
 # the BatchNorm on the largest scale) keep it, so their running statistics move 10x faster
 TORCH_DEFAULT_BN_MOMENTUM = 0.9
 BN_EPS = 1e-5
-
-
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-           dilation: int = 1, bias: bool = False, weight_init=None, bias_init=None,
-           groups: int = 1) -> nn.Conv2d:
-    """A PyTorch-style Conv2d (explicit symmetric padding)."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad", padding=padding,
-                     dilation=dilation, group=groups, has_bias=bias, weight_init=weight_init,
-                     bias_init=bias_init if bias else None)
 
 
 def kaiming_normal_fan_out():

@@ -26,6 +26,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
+from m2det.cells import refresh_parameter_names, replace_child, walk
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_winograd_f23.so")
 
@@ -141,8 +142,6 @@ def use_winograd(network: nn.Cell, min_channels: int = 128, trainable: bool = Fa
     be trained (e.g. after `fold_batchnorm`). trainable=True shares the weight and bias
     Parameters with the replaced convolutions, so training, checkpoints and names are unchanged.
     """
-    from src.export.cells import refresh_parameter_names, replace_child, walk   # local: no src import at load
-
     if not available():
         raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
     paths = {id(c): n for n, c in network.cells_and_names()}

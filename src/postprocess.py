@@ -11,7 +11,7 @@ Scores are either softmax with the background in column 0 (multibox head; classe
 columns 1..C-1) or per-class sigmoids without a background column (dense heads; column c is
 dataset label c). ``detect`` is the one function that evaluation, export checks and inference
 all call, so they cannot drift apart. The decoders (`SSDOutputDecoder`, `DenseOutputDecoder`,
-chosen by `m2det.builder.build_output_decoder`) turn a head's `predict` outputs into that form.
+chosen by `src.builder.build_output_decoder`) turn a head's `predict` outputs into that form.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from heads.box_coder import MAX_LOG_SCALE, SSDBoxCoder
 from nms import nms, soft_nms
 
 SOFT_NMS_METHODS = ("linear", "gaussian", "hard")
@@ -165,8 +166,6 @@ class SSDOutputDecoder:
     clip = False
 
     def __init__(self, priors: np.ndarray, variances=(0.1, 0.2)):
-        from heads.box_coder import SSDBoxCoder
-
         self.priors = np.asarray(priors, dtype=np.float32)
         self.coder = SSDBoxCoder(variances)
         # prior centres and sizes as contiguous arrays, once rather than per image
@@ -180,8 +179,6 @@ class SSDOutputDecoder:
     def decode(self, loc: np.ndarray) -> np.ndarray:
         """`SSDBoxCoder.decode(loc, priors)` for one image's (P, 4) offsets, bit for bit, without
         its per-call copies of the priors and the two concatenations."""
-        from heads.box_coder import MAX_LOG_SCALE
-
         loc = np.asarray(loc, dtype=np.float32)
         if loc.shape != self.priors.shape:
             return self.coder.decode(loc, self.priors)

@@ -153,7 +153,7 @@ def test_o2_tiny_m2det_computes_in_float16_with_float32_norms_and_loss():
     """No GPU here: O2 runs on CPU float16 kernels, which checks the casts of the real network."""
     from mindspore._c_expression import MixedPrecisionType
 
-    from m2det.builder import build_detector
+    from src.builder import build_detector
     from src.config import load_config
 
     cfg = load_config(os.path.join(ROOT, "tests", "configs", "tiny.yaml"))

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from bench import harness
-from m2det.builder import build_priors
+from src.builder import build_priors
 from src.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import convert
-from m2det.builder import BACKBONES, build_detector
+from src.builder import BACKBONES, build_detector
 from src.config import load_config
 from src.convert import ConversionError, convert_state_dict
 from src.convert.names import m2det_release_map

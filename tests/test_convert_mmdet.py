@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import convert
-from m2det.builder import build_detector
+from src.builder import build_detector
 from src.config import load_config
 from src.convert import ConversionError, convert_mmdet, convert_state_dict
 from src.convert.mmdet_names import adapt_mmdet_tensors, mmdet_layout_hints, mmdet_map

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from m2det.layers import conv2d
-from m2det.ops import DeformConv2d, ModulatedDeformConv2dWithOffsets
+from heads.ops.conv import conv2d
+from heads.ops import DeformConv2d, ModulatedDeformConv2dWithOffsets
 from tests.reference.torch_fpn import deform_conv2d as reference_deform_conv2d
 
 

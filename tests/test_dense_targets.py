@@ -9,7 +9,7 @@ import pytest
 from heads.anchors import AnchorGenerator
 from heads.assigners.atss import ATSSAssigner
 from heads.box_ops import pairwise_iou
-from m2det.builder import build_priors
+from src.builder import build_priors
 from src.config import load_config
 from src.data.dense_targets import AnchorLayout, DenseTargetEncoder
 from src.data.pipeline import create_train_dataset

@@ -17,7 +17,7 @@ import pytest
 
 import export
 from heads.box_coder import SSDBoxCoder
-from m2det.builder import build_detector, build_priors
+from src.builder import build_detector, build_priors
 from m2det.detector import Detector
 from src.config import load_config
 from src.export import ExportError, build_export_network, export_detector, fold_batchnorm

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from heads.box_coder import SSDBoxCoder
-from m2det.builder import build_detector, build_priors
+from src.builder import build_detector, build_priors
 from src import postprocess
 from src.config import load_config
 from src.postprocess import Detections, SSDOutputDecoder, detect

@@ -15,7 +15,7 @@ from mindspore import nn
 
 import tests.reference.torch_m2det as ref
 from m2det.backbones import VGG16Reduced
-from m2det.builder import build_detector
+from src.builder import build_detector
 from src.config import load_config
 from tests.test_torch_parity import copy_to_torch, our_name, randomize
 

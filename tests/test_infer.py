@@ -13,7 +13,7 @@ import pytest
 
 import infer
 from heads.box_coder import SSDBoxCoder
-from m2det.builder import build_detector, build_priors
+from src.builder import build_detector, build_priors
 from src.config import load_config
 from src.data.transforms import preprocess_for_test
 from src.evaluation.evaluator import detect_kwargs, to_original_pixels

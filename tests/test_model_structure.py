@@ -12,7 +12,7 @@ import pytest
 from heads.multibox_head import MultiBoxHead
 from heads.utils import flatten_levels
 from m2det.backbones import ResNet, VGG16Reduced
-from m2det.builder import build_detector, build_priors, feature_map_sizes
+from src.builder import build_detector, build_priors, feature_map_sizes
 from m2det.detector import count_params
 from m2det.necks import MLFPN, SFAM
 from src.config import load_config
@@ -194,7 +194,7 @@ sys.path.insert(0, {root!r})
 from src.config import load_config
 from heads.multibox_head import MultiBoxHead
 from m2det.backbones import ResNet
-from m2det.builder import build_detector
+from src.builder import build_detector
 from m2det.detector import Detector
 from m2det.necks import MLFPN
 ms.set_seed(0)
@@ -283,7 +283,7 @@ def test_error_unsupported_neck_and_head():
 
 
 def test_summary_cli(capsys):
-    from m2det.summary import main
+    from src.summary import main
 
     assert main(["--config", os.path.join(ROOT, "tests", "configs", "lite256.yaml"), "--set", "model.num_classes=3"]) == 0
     out = json.loads(capsys.readouterr().out)

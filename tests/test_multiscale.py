@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from m2det.builder import build_priors
+from src.builder import build_priors
 from src.config import load_config
 from src.data.pipeline import EpochSampler, create_test_dataset, create_train_dataset
 from src.data.resize import InputPolicy, KeepRatioTrainTransform, keep_ratio_input

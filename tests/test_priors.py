@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from heads.priors import SSDPriors, center_to_corner, corner_to_center
-from m2det.builder import build_priors
+from src.builder import build_priors
 from src.config import load_config
 
 R2, R3 = math.sqrt(2), math.sqrt(3)

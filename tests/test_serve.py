@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import serve
-from m2det.builder import build_detector
+from src.builder import build_detector
 from src.config import load_config
 from src.inference import Predictor, detections_to_entry
 from src.inference.server import Limits, make_server

@@ -1,4 +1,4 @@
-"""VFNet's star-shaped deformable conv (SPEC 2.6) through m2det.ops.DeformConv2d.
+"""VFNet's star-shaped deformable conv (SPEC 2.6) through heads.ops.DeformConv2d.
 
 The input's two channels hold their own (y, x) coordinates and every output channel copies one
 input channel at one kernel point, so the output is the sampled position itself (bilinear
@@ -12,7 +12,7 @@ import pytest
 from mindspore import Tensor, ops
 
 from heads.vfnet_head import VFNetHead, star_base_offsets, star_dcn_offset
-from m2det.ops import DeformConv2d
+from heads.ops import DeformConv2d
 
 H, W = 12, 14
 

@@ -16,9 +16,9 @@ from heads.multibox_head import MultiBoxHead
 from m2det.backbones import ResNet
 from m2det.detector import Detector
 from m2det.necks import FFMv1, MLFPN, TUM
-from m2det.summary import count_flops
+from src.summary import count_flops
 from src.config import load_config
-from m2det.builder import build_detector
+from src.builder import build_detector
 from tests.reference import torch_m2det as ref
 
 BN_SUFFIX = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}

@@ -10,7 +10,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from m2det.builder import build_detector, build_priors
+from src.builder import build_detector, build_priors
 from src.config import load_config
 from src.data.pipeline import create_train_dataset
 from src.data.synthetic import make_synthetic_coco

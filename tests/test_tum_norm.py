@@ -51,7 +51,7 @@ def test_gn_tum_trains_and_infers_alike():
 
 
 def test_lite_config_with_gn_tums_builds():
-    from m2det.builder import build_detector
+    from src.builder import build_detector
     from src.config import load_config
 
     cfg = load_config("tests/configs/tiny.yaml", ["model.neck.tum_norm=gn"])

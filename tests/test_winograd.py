@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from m2det import winograd
-from m2det.builder import build_detector
+from src.builder import build_detector
 from src.config import load_config
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)

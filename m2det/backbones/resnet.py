@@ -10,8 +10,9 @@ from typing import Sequence
 import mindspore.nn as nn
 from mindspore import Tensor
 
-from m2det.layers import BN_EPS, TORCH_DEFAULT_BN_MOMENTUM, conv2d, conv_output_size, kaiming_normal_fan_out, to_pair
-from m2det.ops.deform_conv import ModulatedDeformConv2dWithOffsets
+from heads.ops.conv import conv2d
+from heads.ops.deform_conv import ModulatedDeformConv2dWithOffsets
+from m2det.layers import BN_EPS, TORCH_DEFAULT_BN_MOMENTUM, conv_output_size, kaiming_normal_fan_out, to_pair
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 EXPANSION = 4

@@ -6,7 +6,8 @@ from typing import Sequence
 import mindspore.nn as nn
 from mindspore import Tensor
 
-from m2det.layers import BN_EPS, TORCH_DEFAULT_BN_MOMENTUM, conv2d, conv_output_size, to_pair
+from heads.ops.conv import conv2d
+from m2det.layers import BN_EPS, TORCH_DEFAULT_BN_MOMENTUM, conv_output_size, to_pair
 
 # channel plan of the five VGG stages; "M" = 2x2/2 max-pool, "C" = the same with ceil mode
 _CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512]

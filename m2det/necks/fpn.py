@@ -7,7 +7,8 @@ import mindspore.nn as nn
 from mindspore import Tensor
 from mindspore.common.initializer import XavierUniform
 
-from m2det.layers import conv2d, conv_output_size, nearest_resize
+from heads.ops.conv import conv2d
+from m2det.layers import conv_output_size, nearest_resize
 
 EXTRA_SOURCES = ("on_input", "on_lateral", "on_output")
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from src.builder import BACKBONES, DENSE_HEADS, build_detector
 from src.convert.mmdet_names import adapt_mmdet_tensors, mmdet_layout_hints, mmdet_map
 from src.convert.names import BACKBONE_MAPS, BN_LEAF_RENAME, NameMap, m2det_release_map
 from src.convert.torch_io import ConversionError, load_torch_state_dict
@@ -204,8 +205,6 @@ def convert_backbone(pth_path: str, backbone: str = "vgg16", out: Optional[str] 
     if backbone not in BACKBONE_MAPS:
         raise ConversionError(f"unsupported backbone '{backbone}' (supported: {', '.join(BACKBONE_MAPS)})")
     if cell is None:
-        from m2det.builder import BACKBONES
-
         cell = BACKBONES[backbone](1.0)
     out = out or os.path.splitext(pth_path)[0] + ".ckpt"
     report = _convert_into(cell, pth_path, BACKBONE_MAPS[backbone](), out, f"the {backbone} backbone")
@@ -214,8 +213,6 @@ def convert_backbone(pth_path: str, backbone: str = "vgg16", out: Optional[str] 
 
 def convert_m2det(pth_path: str, cfg, out: str) -> ConversionReport:
     """A checkpoint of the M2Det PyTorch release -> a ckpt that loads into `build_detector(cfg)`."""
-    from m2det.builder import build_detector
-
     model = cfg.model
     if model.neck.name != "mlfpn" or model.head.name != "multibox":
         raise ConversionError(f"--torch_ckpt converts checkpoints of the M2Det PyTorch release (mlfpn neck, "
@@ -234,8 +231,6 @@ def convert_mmdet(pth_path: str, cfg, out: str) -> ConversionReport:
     Strict: besides missing and mis-shaped tensors, a file layer the network lacks is an error.
     Keys no rule knows (e.g. a loss buffer) are reported as unmapped and left out.
     """
-    from m2det.builder import DENSE_HEADS, build_detector
-
     model = cfg.model
     if model.neck.name != "fpn" or model.head.name not in DENSE_HEADS:
         raise ConversionError(f"--mmdet_ckpt converts mmdetection checkpoints of the FPN one-stage detectors "

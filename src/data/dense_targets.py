@@ -34,7 +34,7 @@ class AnchorLayout:
 
     generator: the head's `AnchorGenerator` (strides = the head's level strides).
     feature_sizes: {(H, W) of the network input: [(h_l, w_l) per level]}, by shape arithmetic
-        (m2det.builder.build_priors fills it for the test size and every training size).
+        (src.builder.build_priors fills it for the test size and every training size).
     assigner: how the data pipeline assigns targets to these anchors, "atss" or "max_iou".
     test_hw: the test input (H, W) (for `num_priors`).
     """

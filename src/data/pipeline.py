@@ -360,7 +360,7 @@ def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int]
     Args:
         cfg: the loaded config (uses cfg.data, cfg.model.input_size, cfg.priors.variance).
         priors: the multibox head's (P, 4) (cx, cy, w, h) array or `SSDPriors` -> targets
-            (loc_t (B,P,4), conf_t (B,P)); or a dense head's `AnchorLayout` (m2det.builder.
+            (loc_t (B,P,4), conf_t (B,P)); or a dense head's `AnchorLayout` (src.builder.
             build_priors) -> targets (labels (B,N), boxes (B,N,4)).
         batch_size: images per batch on this shard; the last partial batch is dropped.
         num_shards, shard_id: distributed data parallelism (both or neither).

@@ -1,6 +1,6 @@
 """Run a detector over an evaluation split and score it with COCO AP.
 
-    network outputs -> output decoder (m2det.builder.build_output_decoder: SSD offsets + softmax,
+    network outputs -> output decoder (src.builder.build_output_decoder: SSD offsets + softmax,
     or a dense head's in-graph boxes + sigmoids) -> scale to the original image ->
     postprocess.detect (per-class threshold + (soft-)NMS + top-k) -> COCO results -> COCOeval
 
@@ -22,6 +22,8 @@ from src.data.resize import InputPolicy
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
 from src.postprocess import Detections, detect, scale_boxes
 from src.utils.io import write_json_atomic
+from src.builder import build_output_decoder
+from src.visualize import draw_detections
 
 log = logging.getLogger("m2det.eval")
 
@@ -54,7 +56,7 @@ def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
     """Yield (image_id, height, width, detections in original pixels) for every image.
 
     decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background)
-    (m2det.builder.build_output_decoder). Batches are padded to the dataset's batch size so
+    (src.builder.build_output_decoder). Batches are padded to the dataset's batch size so
     GRAPH mode compiles one shape only.
     """
     kwargs = detect_kwargs(test_cfg)
@@ -86,8 +88,6 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     detector.set_train(False)
     dataset = create_test_dataset(cfg, split=split, batch_size=batch_size)
     info = dataset.data_info
-    from m2det.builder import build_output_decoder
-
     decoder = build_output_decoder(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
     results, drawn = [], []
@@ -112,8 +112,6 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
 
 def _draw(reader, drawn, names, folder: str) -> None:
     import cv2
-
-    from src.visualize import draw_detections
 
     os.makedirs(folder, exist_ok=True)
     index_of = {image_id: k for k, image_id in enumerate(reader.image_ids)}

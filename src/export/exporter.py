@@ -27,9 +27,9 @@ import numpy as np
 
 from heads.box_coder import SSDBoxCoder
 from heads.multibox_head import MultiBoxHead
-from m2det.builder import build_priors
+from src.builder import build_priors
 from src.data.resize import InputPolicy
-from src.export.cells import refresh_parameter_names
+from m2det.cells import refresh_parameter_names
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
 from src.utils.io import write_json_atomic

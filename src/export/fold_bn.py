@@ -17,7 +17,7 @@ import numpy as np
 
 from m2det.backbones.resnet import Bottleneck, ResNet
 from m2det.layers import BasicConv
-from src.export.cells import replace_child, walk
+from m2det.cells import replace_child, walk
 
 # cell class -> (conv attribute, bn attribute) pairs where construct applies bn straight to conv's output
 FOLD_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {

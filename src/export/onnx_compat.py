@@ -29,7 +29,7 @@ from mindspore import Tensor
 
 from m2det.necks.ffm import FFMv1
 from m2det.necks.tum import TUM
-from src.export.cells import replace_child, walk
+from m2det.cells import replace_child, walk
 
 
 class UnsupportedForExport(ValueError):

@@ -12,16 +12,16 @@ from __future__ import annotations
 import copy
 import logging
 
+from m2det import winograd
+from m2det.cells import refresh_parameter_names
+from src.export.fold_bn import fold_batchnorm
+
 log = logging.getLogger("m2det.inference")
 
 
 def inference_network(detector, test_cfg, device_target: str | None = None):
     """`detector` itself when both options are off, else a rewritten copy in inference mode."""
     import mindspore as ms
-
-    from m2det import winograd
-    from src.export.cells import refresh_parameter_names
-    from src.export.fold_bn import fold_batchnorm
 
     device_target = device_target or ms.get_context("device_target")
     fold = bool(test_cfg.get("fold_bn", False))

@@ -2,7 +2,7 @@
 
     uint8 BGR image --test preprocessing (src/data: resize, mean/std)--> batch, padded to a fixed size
       --network (Detector or mindspore GraphCell), one call at a time--> outputs
-      --output decoder (m2det.builder.build_output_decoder, as evaluation)--> boxes in [0, 1]
+      --output decoder (src.builder.build_output_decoder, as evaluation)--> boxes in [0, 1]
       --to_original_pixels (clipped to the image) + postprocess.detect (NMS, top-k)--> Detections
 
 The pieces after the network are those of src/evaluation/evaluator.py, so inference and COCO
@@ -23,10 +23,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from src.builder import build_detector, build_output_decoder
 from src.data.resize import InputPolicy, keep_ratio_input
 from src.data.transforms import preprocess_for_test
 from src.evaluation.evaluator import detect_kwargs, to_original_pixels
+from src.inference.fast_network import inference_network
 from src.postprocess import Detections, detect
+from src.training.checkpoint import load_detector_weights, read_checkpoint
 
 log = logging.getLogger("m2det.infer")
 
@@ -85,11 +88,6 @@ class Predictor:
     def from_checkpoint(cls, cfg, path: str, batch_size: int = 1) -> "Predictor":
         """Build the config's detector and load `path`; a checkpoint that does not fit the config
         raises CheckpointError naming the first mismatching tensors."""
-        from m2det.builder import build_detector, build_output_decoder
-        from src.training.checkpoint import load_detector_weights, read_checkpoint
-
-        from src.inference.fast_network import inference_network
-
         detector = build_detector(cfg)
         load_detector_weights(detector, read_checkpoint(path), path)
         network = inference_network(detector, cfg.test)
@@ -101,8 +99,6 @@ class Predictor:
         size and whether boxes are decoded in the graph (without it: batch 1, raw outputs)."""
         import mindspore as ms
         from mindspore import nn
-
-        from m2det.builder import build_output_decoder
 
         if not os.path.isfile(path):
             raise PredictorError(f"MINDIR not found: {path}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
-from m2det.builder import build_detector, build_priors
+from src.builder import build_detector, build_priors
 from src.data.pipeline import create_train_dataset
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
 from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights,
@@ -29,6 +29,8 @@ from src.training.lr_schedule import lr_scale_for, schedule_from_config
 from src.training.optimizer import build_optimizer
 from src.training.progress import TrainProgress
 from src.training.train_step import DetectorWithLoss, TrainStep
+from m2det import winograd
+from src.evaluation.evaluator import evaluate
 
 log = logging.getLogger("m2det.train")
 
@@ -105,8 +107,6 @@ def train(cfg, opts: TrainOptions) -> dict:
 
 def _use_winograd_for_training(detector, device_target: str, amp_level: str) -> None:
     """train.winograd: eligible 3x3 convolutions by Winograd F(2x2, 3x3) (m2det/winograd.py), CPU only."""
-    from m2det import winograd
-
     if device_target != "CPU" or amp_level != "O0":
         log.info("train.winograd applies to float32 training on CPU only; using direct convolutions on %s (%s)",
                  device_target, amp_level)
@@ -256,8 +256,6 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
 
 
 def _evaluate_during_training(cfg, detector, priors, opts: TrainOptions, epoch: int, ema=None) -> None:
-    from src.evaluation.evaluator import evaluate
-
     detector.set_train(False)
     if ema is not None:
         ema.swap()      # evaluate the averaged weights, as eval.py does on the checkpoint

@@ -1,7 +1,7 @@
 """Model summary: parameters, priors, FLOPs and head input shapes of a config.
 
-    python -m m2det.summary --config configs/m2det320_vgg.yaml [--set model.num_classes=21 ...]
-    python -m m2det.summary --markdown configs/m2det320_vgg.yaml configs/m2det512_vgg.yaml
+    python -m src.summary --config configs/m2det320_vgg.yaml [--set model.num_classes=21 ...]
+    python -m src.summary --markdown configs/m2det320_vgg.yaml configs/m2det512_vgg.yaml
 
 The first form prints one JSON object; the second a markdown table for the README.
 FLOPs are 2 x multiply-adds of the convolutions and matmuls for one image, counted with
@@ -15,6 +15,10 @@ import sys
 from typing import Sequence
 
 import numpy as np
+
+from m2det.detector import count_params
+from src.builder import build_detector, build_priors
+from src.config import load_config
 
 
 def count_flops(detector, input_size: int) -> tuple[int, list[tuple[int, ...]]]:
@@ -57,9 +61,6 @@ def count_flops(detector, input_size: int) -> tuple[int, list[tuple[int, ...]]]:
 
 
 def summarize(cfg, flops: bool = True) -> dict:
-    from m2det.builder import build_detector, build_priors
-    from m2det.detector import count_params
-
     detector = build_detector(cfg)
     priors = build_priors(cfg)
     sizes = detector.feature_sizes(cfg.model.input_size)
@@ -98,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.markdown):
         parser.error("give exactly one of --config or --markdown")
-
-    from src.config import load_config
 
     if args.config:
         summary = summarize(load_config(args.config, args.overrides), flops=not args.no_flops)

@@ -23,13 +23,21 @@ from __future__ import annotations
 from typing import Callable
 
 from heads.anchors import AnchorGenerator
+from heads.atss_head import ATSSHead
+from heads.gfl_head import GFLHead
 from heads.multibox_head import MultiBoxHead
 from heads.priors import SSDPriors
+from heads.retina_head import RetinaHead
+from heads.vfnet_head import VFNetHead
 from m2det.backbones import ResNet, VGG16Reduced
 from m2det.backbones.resnet import resnet_sizes
 from m2det.detector import Detector
 from m2det.layers import conv_output_size, to_pair
 from m2det.necks import MLFPN
+from m2det.necks.fpn import FPN
+from src.data.dense_targets import AnchorLayout
+from src.data.resize import InputPolicy
+from src.postprocess import DenseOutputDecoder, SSDOutputDecoder
 
 # M2Det reads the shallow feature at stride 8 and the deep one at stride 16 (SPEC 1.1, 1.2)
 M2DET_RESNET_STRIDES = (1, 2, 1, 2)
@@ -193,8 +201,6 @@ def anchor_generator(cfg) -> AnchorGenerator:
 
 
 def input_policy(cfg):
-    from src.data.resize import InputPolicy
-
     return InputPolicy.from_config(cfg)
 
 
@@ -209,8 +215,6 @@ def build_priors(cfg):
         return SSDPriors(input_size=cfg.model.input_size, feature_maps=_raw_feature_map_sizes(cfg),
                          steps=list(cfg.priors.steps), size_pattern=list(cfg.priors.size_pattern),
                          aspect_ratios=[list(r) for r in cfg.priors.aspect_ratios], clip=cfg.priors.clip)
-    from src.data.dense_targets import AnchorLayout
-
     policy = input_policy(cfg)
     sizes = {hw: head_feature_sizes(cfg, hw) for hw in policy.canvases()}
     return AnchorLayout(anchor_generator(cfg), sizes, HEAD_ASSIGNERS[cfg.model.head.name], policy.canvas())
@@ -231,8 +235,6 @@ def build_backbone(cfg):
 def build_neck(cfg, in_levels):
     neck = cfg.model.neck
     if neck.name == "fpn":
-        from m2det.necks.fpn import FPN
-
         extra = neck.add_extra_convs if neck.add_extra_convs not in ("", "none") else False
         return FPN(in_levels, out_channels=neck.out_channels, num_outs=neck.num_outs, start_level=neck.start_level,
                    add_extra_convs=extra, relu_before_extra_convs=neck.relu_before_extra_convs)
@@ -255,20 +257,12 @@ def build_head(cfg, neck_levels, priors=None):
     stacked = head.stacked_convs if head.stacked_convs >= 0 else DEFAULT_STACKED_CONVS[head.name]
     common = dict(feat_channels=head.feat_channels, stacked_convs=stacked, nms_pre=cfg.test.nms_pre)
     if head.name == "retina":
-        from heads.retina_head import RetinaHead
-
         return RetinaHead(levels, num_classes, **common)
     if head.name in ("atss", "umop"):
-        from heads.atss_head import ATSSHead
-
         return ATSSHead(levels, num_classes, cls_loss="progressive_focal" if head.name == "umop" else "focal",
                         **common)
     if head.name == "gfl":
-        from heads.gfl_head import GFLHead
-
         return GFLHead(levels, num_classes, reg_max=head.reg_max, **common)
-    from heads.vfnet_head import VFNetHead
-
     return VFNetHead(levels, num_classes, **common)
 
 
@@ -284,8 +278,6 @@ def build_detector(cfg) -> Detector:
 def build_output_decoder(cfg, priors=None):
     """The map from one image's inference outputs to (boxes in [0, 1] of the network input,
     scores (P, K), whether score column 0 is background), see src/postprocess.py."""
-    from src.postprocess import DenseOutputDecoder, SSDOutputDecoder
-
     if is_dense(cfg):
         h, w = input_policy(cfg).canvas()
         return DenseOutputDecoder((h, w))

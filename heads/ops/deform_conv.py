@@ -28,7 +28,7 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import Uniform, initializer
 
-from m2det.layers import conv2d
+from heads.ops.conv import conv2d
 
 
 def mmcv_to_mindspore_offsets(offset: Tensor, mask: Tensor | None, deform_groups: int, kernel_points: int) -> Tensor:
