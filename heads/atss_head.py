@@ -27,9 +27,9 @@ import mindspore.ops as ops
 from mindspore import Tensor
 
 from heads.anchors import AnchorGenerator
-from heads.dense_head_utils import (DeviceMean, LevelPriors, Scale, batch_positive_count, box_centres, check_levels,
-                                    conv_tower, delta_decode, foreground_mask, level_counts, per_anchor_level_index,
-                                    predictor_conv, prior_bias, topk_per_level)
+from heads.dense_head_utils import (Scale, box_centres, delta_decode, init_dense_head, level_counts,
+                                    per_anchor_level_index, positive_targets, predictor_conv, prior_bias,
+                                    topk_per_level)
 from heads.losses import (centerness_loss, centerness_target, giou_loss, point_box_distances,
                           progressive_focal_loss, sigmoid_focal_loss)
 from heads.utils import flatten_levels
@@ -54,6 +54,8 @@ class ATSSHead(nn.Cell):
     """
 
     loss_names = ("cls", "box", "centerness")
+    assigner = "atss"                       # how the data pipeline assigns its targets (REFERENCE 2.2)
+    anchor_generator = staticmethod(AnchorGenerator.atss)
 
     def __init__(self, in_levels: Sequence[tuple[int, int]], num_classes: int, feat_channels: int = 256,
                  stacked_convs: int = 4, cls_loss: str = "focal", nms_pre: int = 1000,
@@ -61,22 +63,15 @@ class ATSSHead(nn.Cell):
         super().__init__()
         if cls_loss not in CLS_LOSSES:
             raise ValueError(f"ATSSHead cls_loss must be one of {CLS_LOSSES}, got {cls_loss!r}")
-        in_channels = check_levels("ATSSHead", in_levels)
-        self.num_classes = int(num_classes)
-        self.num_levels = len(in_levels)
-        self.priors = LevelPriors(AnchorGenerator.atss([s for _, s in in_levels]))
-        self.cls_convs = conv_tower(in_channels, feat_channels, stacked_convs)
-        self.reg_convs = conv_tower(in_channels, feat_channels, stacked_convs)
+        init_dense_head(self, in_levels, num_classes, feat_channels, stacked_convs, nms_pre)
         self.atss_cls = predictor_conv(feat_channels, self.num_classes, prior_bias(0.01))
         self.atss_reg = predictor_conv(feat_channels, 4)
         self.atss_centerness = predictor_conv(feat_channels, 1)
         self.scales = nn.CellList([Scale(1.0) for _ in in_levels])
         self.progressive = cls_loss == "progressive_focal"
-        self.nms_pre = int(nms_pre)
         self.loss_cls_weight = float(loss_cls_weight)
         self.loss_box_weight = float(loss_box_weight)
         self.loss_centerness_weight = float(loss_centerness_weight)
-        self.device_mean = DeviceMean()
 
     def construct(self, features):
         cls, reg, ctr = (), (), ()
@@ -92,9 +87,8 @@ class ATSSHead(nn.Cell):
     def loss(self, outputs, labels: Tensor, gt_boxes: Tensor):
         """(cls, box, centerness) losses; labels (B, N) int32, gt_boxes (B, N, 4) input pixels."""
         cls, deltas, ctr, level_anchors = outputs[0], outputs[1], outputs[2], outputs[3:]
-        anchors = ops.cat(level_anchors, axis=0)
-        pos = foreground_mask(labels, self.num_classes)
-        avg = ops.maximum(self.device_mean(batch_positive_count(pos)), 1.0)
+        anchors, pos, avg, safe = positive_targets(level_anchors, labels, gt_boxes, self.num_classes,
+                                                   self.device_mean)
         if self.progressive:
             loss_cls = progressive_focal_loss(cls, labels, per_anchor_level_index(level_anchors), self.num_levels,
                                               avg_factor=avg, reduce_levels=self.device_mean)
@@ -102,7 +96,6 @@ class ATSSHead(nn.Cell):
             loss_cls = sigmoid_focal_loss(cls, labels, avg_factor=avg)
 
         pred_boxes = delta_decode(anchors, deltas, BOX_STDS)
-        safe = ops.where(ops.expand_dims(pos > 0, -1), gt_boxes, ops.broadcast_to(anchors, gt_boxes.shape))
         ctr_target = centerness_target(point_box_distances(box_centres(anchors), safe)) * pos
         box_avg = ops.maximum(self.device_mean(ctr_target.sum()), 1.0)
         loss_box = giou_loss(pred_boxes, safe, weight=ctr_target, avg_factor=box_avg)

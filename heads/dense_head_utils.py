@@ -219,6 +219,50 @@ def integral_distances(logits: Tensor, reg_max: int) -> Tensor:
     return (probs * bins).sum(-1)
 
 
+# ------------------------------------------------------------------------------ shared by every head
+
+def init_dense_head(head: nn.Cell, in_levels: Sequence[tuple[int, int]], num_classes: int, feat_channels: int,
+                    stacked_convs: int, nms_pre: int, group_norm: bool = True) -> int:
+    """Give `head` what every dense head has, under the names checkpoints use; returns the input width.
+
+    num_classes, num_levels, strides, priors (the head's own `anchor_generator` on the level
+    strides), cls_convs and reg_convs (towers, in that order: the order parameters are created
+    in), nms_pre and device_mean. The head adds its predictor convs, scales and loss weights.
+    """
+    in_channels = check_levels(type(head).__name__, in_levels)
+    head.num_classes = int(num_classes)
+    head.num_levels = len(in_levels)
+    head.strides = tuple(float(s) for _, s in in_levels)
+    head.priors = LevelPriors(head.anchor_generator([s for _, s in in_levels]))
+    head.cls_convs = conv_tower(in_channels, feat_channels, stacked_convs, group_norm=group_norm)
+    head.reg_convs = conv_tower(in_channels, feat_channels, stacked_convs, group_norm=group_norm)
+    head.nms_pre = int(nms_pre)
+    head.device_mean = DeviceMean()
+    return in_channels
+
+
+def positive_targets(level_anchors, labels: Tensor, gt_boxes: Tensor, num_classes: int,
+                     device_mean: nn.Cell, per_image_count: bool = True):
+    """The loss prologue of the dense heads: (anchors, pos, avg_factor, boxes), a plain tuple
+    (MindSpore's graph mode does not unpack named tuples returned by functions).
+
+    anchors (N, 4) corner pixels of all levels; pos (B, N) float 1.0 at positives; avg_factor the
+    positive count averaged across devices and clamped >= 1; boxes (B, N, 4) the assigned GT at
+    positives and the anchor itself elsewhere.
+
+    The positive count is N of REFERENCE 2.3 (sum over images of max(positives, 1)) with
+    per_image_count, else the plain number of positives (VFNet). Rows that are not positive
+    get their own anchor as the box target, so encodings stay finite (zero deltas, no log(0))
+    where the weight is 0.
+    """
+    anchors = ops.cat(level_anchors, axis=0)
+    pos = foreground_mask(labels, num_classes)
+    count = batch_positive_count(pos) if per_image_count else pos.sum()
+    avg = ops.maximum(device_mean(count), 1.0)
+    safe = ops.where(ops.expand_dims(pos > 0, -1), gt_boxes, ops.broadcast_to(anchors, gt_boxes.shape))
+    return anchors, pos, avg, safe
+
+
 # ----------------------------------------------------------------------------------- normalisers
 
 def foreground_mask(labels: Tensor, num_classes: int) -> Tensor:

@@ -24,10 +24,9 @@ import mindspore.ops as ops
 from mindspore import Tensor
 
 from heads.anchors import AnchorGenerator
-from heads.dense_head_utils import (DeviceMean, LevelPriors, Scale, batch_positive_count, bbox2distance, box_centres,
-                                    check_levels, conv_tower, distance2bbox, foreground_mask, integral_distances,
-                                    level_counts, per_anchor_level_values, predictor_conv, prior_bias,
-                                    topk_per_level)
+from heads.dense_head_utils import (Scale, bbox2distance, box_centres, distance2bbox, init_dense_head,
+                                    integral_distances, level_counts, per_anchor_level_values, positive_targets,
+                                    predictor_conv, prior_bias, topk_per_level)
 from heads.losses import aligned_box_iou, distribution_focal_loss, giou_loss, quality_focal_loss
 from heads.utils import flatten_levels
 
@@ -51,27 +50,21 @@ class GFLHead(nn.Cell):
     """
 
     loss_names = ("cls", "box", "dfl")
+    assigner = "atss"                       # how the data pipeline assigns its targets (REFERENCE 2.2)
+    anchor_generator = staticmethod(AnchorGenerator.atss)
 
     def __init__(self, in_levels: Sequence[tuple[int, int]], num_classes: int, feat_channels: int = 256,
                  stacked_convs: int = 4, reg_max: int = 16, nms_pre: int = 1000, loss_cls_weight: float = 1.0,
                  loss_box_weight: float = 2.0, loss_dfl_weight: float = 0.25):
         super().__init__()
-        in_channels = check_levels("GFLHead", in_levels)
-        self.num_classes = int(num_classes)
-        self.num_levels = len(in_levels)
-        self.strides = tuple(float(s) for _, s in in_levels)
         self.reg_max = int(reg_max)
-        self.priors = LevelPriors(AnchorGenerator.atss([s for _, s in in_levels]))
-        self.cls_convs = conv_tower(in_channels, feat_channels, stacked_convs)
-        self.reg_convs = conv_tower(in_channels, feat_channels, stacked_convs)
+        init_dense_head(self, in_levels, num_classes, feat_channels, stacked_convs, nms_pre)
         self.gfl_cls = predictor_conv(feat_channels, self.num_classes, prior_bias(0.01))
         self.gfl_reg = predictor_conv(feat_channels, 4 * (self.reg_max + 1))
         self.scales = nn.CellList([Scale(1.0) for _ in in_levels])
-        self.nms_pre = int(nms_pre)
         self.loss_cls_weight = float(loss_cls_weight)
         self.loss_box_weight = float(loss_box_weight)
         self.loss_dfl_weight = float(loss_dfl_weight)
-        self.device_mean = DeviceMean()
 
     def construct(self, features):
         cls, reg = (), ()
@@ -84,14 +77,12 @@ class GFLHead(nn.Cell):
     def loss(self, outputs, labels: Tensor, gt_boxes: Tensor):
         """(cls, box, dfl) losses; labels (B, N) int32, gt_boxes (B, N, 4) input pixels."""
         cls, reg, level_anchors = outputs[0], outputs[1], outputs[2:]
-        anchors = ops.cat(level_anchors, axis=0)
+        anchors, pos, avg, safe = positive_targets(level_anchors, labels, gt_boxes, self.num_classes,
+                                                   self.device_mean)
         strides = per_anchor_level_values(level_anchors, self.strides)            # (N, 1)
         centres = box_centres(anchors) / strides                                   # stride units
-        pos = foreground_mask(labels, self.num_classes)
-        avg = ops.maximum(self.device_mean(batch_positive_count(pos)), 1.0)
 
         pred_boxes = distance2bbox(centres, integral_distances(reg, self.reg_max))
-        safe = ops.where(ops.expand_dims(pos > 0, -1), gt_boxes, ops.broadcast_to(anchors, gt_boxes.shape))
         target_boxes = safe / ops.tile(strides, (1, 4))
         quality = aligned_box_iou(ops.stop_gradient(pred_boxes), target_boxes) * pos
         loss_cls = quality_focal_loss(cls, labels, quality, avg_factor=avg)

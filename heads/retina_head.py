@@ -25,9 +25,8 @@ import mindspore.ops as ops
 from mindspore import Tensor
 
 from heads.anchors import AnchorGenerator
-from heads.dense_head_utils import (DeviceMean, LevelPriors, batch_positive_count, check_levels, conv_tower,
-                                    delta_decode, delta_encode, foreground_mask, level_counts, predictor_conv,
-                                    prior_bias, topk_per_level)
+from heads.dense_head_utils import (delta_decode, delta_encode, init_dense_head, level_counts, positive_targets,
+                                    predictor_conv, prior_bias, topk_per_level)
 from heads.losses import sigmoid_focal_loss
 from heads.utils import flatten_levels
 
@@ -52,24 +51,19 @@ class RetinaHead(nn.Cell):
     """
 
     loss_names = ("cls", "box")
+    assigner = "max_iou"                    # how the data pipeline assigns its targets
+    anchor_generator = staticmethod(AnchorGenerator.retinanet)
 
     def __init__(self, in_levels: Sequence[tuple[int, int]], num_classes: int, feat_channels: int = 256,
                  stacked_convs: int = 4, nms_pre: int = 1000, loss_cls_weight: float = 1.0,
                  loss_box_weight: float = 1.0):
         super().__init__()
-        in_channels = check_levels("RetinaHead", in_levels)
-        self.num_classes = int(num_classes)
-        self.priors = LevelPriors(AnchorGenerator.retinanet([s for _, s in in_levels]))
+        init_dense_head(self, in_levels, num_classes, feat_channels, stacked_convs, nms_pre, group_norm=False)
         a = self.priors.num_base_anchors
-        self.cls_convs = conv_tower(in_channels, feat_channels, stacked_convs, group_norm=False)
-        self.reg_convs = conv_tower(in_channels, feat_channels, stacked_convs, group_norm=False)
         self.retina_cls = predictor_conv(feat_channels, a * self.num_classes, prior_bias(0.01))
         self.retina_reg = predictor_conv(feat_channels, a * 4)
-        self.num_levels = len(in_levels)
-        self.nms_pre = int(nms_pre)
         self.loss_cls_weight = float(loss_cls_weight)
         self.loss_box_weight = float(loss_box_weight)
-        self.device_mean = DeviceMean()
 
     def construct(self, features):
         cls, reg = (), ()
@@ -81,13 +75,10 @@ class RetinaHead(nn.Cell):
     def loss(self, outputs, labels: Tensor, gt_boxes: Tensor):
         """(cls, box) losses; labels (B, N) int32, gt_boxes (B, N, 4) input pixels."""
         cls, deltas, level_anchors = outputs[0], outputs[1], outputs[2:]
-        anchors = ops.cat(level_anchors, axis=0)
-        pos = foreground_mask(labels, self.num_classes)
+        anchors, pos, avg, safe = positive_targets(level_anchors, labels, gt_boxes, self.num_classes,
+                                                   self.device_mean)
         not_ignored = (labels != IGNORE_LABEL).astype(ms.float32)
-        avg = ops.maximum(self.device_mean(batch_positive_count(pos)), 1.0)
         loss_cls = sigmoid_focal_loss(cls, labels, weight=not_ignored, avg_factor=avg)
-        # rows that are not positive encode the anchor itself (zero deltas, no log(0))
-        safe = ops.where(ops.expand_dims(pos > 0, -1), gt_boxes, ops.broadcast_to(anchors, gt_boxes.shape))
         target = ops.stop_gradient(delta_encode(anchors, safe, BOX_STDS))
         loss_box = (ops.abs(deltas - target).sum(-1) * pos).sum() / avg
         return self.loss_cls_weight * loss_cls, self.loss_box_weight * loss_box

@@ -34,9 +34,8 @@ from mindspore import Tensor
 from mindspore.common.initializer import Normal
 
 from heads.anchors import AnchorGenerator
-from heads.dense_head_utils import (DeviceMean, LevelPriors, Scale, box_centres, check_levels, conv_tower,
-                                    distance2bbox, foreground_mask, level_counts, predictor_conv, prior_bias,
-                                    topk_per_level)
+from heads.dense_head_utils import (Scale, box_centres, conv_tower, distance2bbox, init_dense_head, level_counts,
+                                    positive_targets, predictor_conv, prior_bias, topk_per_level)
 from heads.losses import aligned_box_iou, giou_loss, varifocal_loss
 from heads.utils import flatten_levels
 from heads.ops.deform_conv import DeformConv2d
@@ -87,19 +86,15 @@ class VFNetHead(nn.Cell):
     """
 
     loss_names = ("cls", "box", "box_refine")
+    assigner = "atss"                       # how the data pipeline assigns its targets (REFERENCE 2.2)
+    anchor_generator = staticmethod(AnchorGenerator.atss)
 
     def __init__(self, in_levels: Sequence[tuple[int, int]], num_classes: int, feat_channels: int = 256,
                  stacked_convs: int = 3, gradient_mul: float = 0.1, nms_pre: int = 1000,
                  loss_cls_weight: float = 1.0, loss_box_weight: float = 1.5, loss_refine_weight: float = 2.0):
         super().__init__()
-        in_channels = check_levels("VFNetHead", in_levels)
-        self.num_classes = int(num_classes)
-        self.num_levels = len(in_levels)
-        self.strides = tuple(float(s) for _, s in in_levels)
+        init_dense_head(self, in_levels, num_classes, feat_channels, stacked_convs, nms_pre)
         self.reg_denoms = tuple(8.0 * s for s in self.strides)
-        self.priors = LevelPriors(AnchorGenerator.atss([s for _, s in in_levels]))
-        self.cls_convs = conv_tower(in_channels, feat_channels, stacked_convs)
-        self.reg_convs = conv_tower(in_channels, feat_channels, stacked_convs)
         self.vfnet_reg_conv = conv_tower(feat_channels, feat_channels, 1)
         self.vfnet_reg = predictor_conv(feat_channels, 4)
         self.scales = nn.CellList([Scale(1.0) for _ in in_levels])
@@ -112,11 +107,9 @@ class VFNetHead(nn.Cell):
         self.vfnet_cls = predictor_conv(feat_channels, self.num_classes, prior_bias(0.01))
         self.relu = nn.ReLU()
         self.gradient_mul = float(gradient_mul)
-        self.nms_pre = int(nms_pre)
         self.loss_cls_weight = float(loss_cls_weight)
         self.loss_box_weight = float(loss_box_weight)
         self.loss_refine_weight = float(loss_refine_weight)
-        self.device_mean = DeviceMean()
 
     def construct(self, features):
         cls, init, refine = (), (), ()
@@ -138,11 +131,9 @@ class VFNetHead(nn.Cell):
     def loss(self, outputs, labels: Tensor, gt_boxes: Tensor):
         """(cls, box, box_refine) losses; labels (B, N) int32, gt_boxes (B, N, 4) input pixels."""
         cls, init, refine, level_anchors = outputs[0], outputs[1], outputs[2], outputs[3:]
-        anchors = ops.cat(level_anchors, axis=0)
+        anchors, pos, num_pos, safe = positive_targets(level_anchors, labels, gt_boxes, self.num_classes,
+                                                       self.device_mean, per_image_count=False)
         points = box_centres(anchors)
-        pos = foreground_mask(labels, self.num_classes)
-        num_pos = ops.maximum(self.device_mean(pos.sum()), 1.0)
-        safe = ops.where(ops.expand_dims(pos > 0, -1), gt_boxes, ops.broadcast_to(anchors, gt_boxes.shape))
 
         init_boxes = distance2bbox(points, init)
         iou_init = ops.stop_gradient(ops.clamp(aligned_box_iou(init_boxes, safe), MIN_IOU, None)) * pos

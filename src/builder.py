@@ -64,12 +64,10 @@ BACKBONES: dict[str, Callable] = {
                                              groups=64, width_per_group=4),
 }
 NECKS = ("mlfpn", "fpn")
-DENSE_HEADS = ("retina", "atss", "gfl", "vfnet", "umop")
+# config name -> head class; each class states its own anchors, assigner and defaults
+DENSE_HEAD_CLASSES = {"retina": RetinaHead, "atss": ATSSHead, "gfl": GFLHead, "vfnet": VFNetHead, "umop": ATSSHead}
+DENSE_HEADS = tuple(DENSE_HEAD_CLASSES)
 HEADS = ("multibox",) + DENSE_HEADS
-# the data pipeline's assignment for each dense head (SPEC 2.1 / 2.2)
-HEAD_ASSIGNERS = {"retina": "max_iou", "atss": "atss", "gfl": "atss", "vfnet": "atss", "umop": "atss"}
-# convs per tower when model.head.stacked_convs is -1 (SPEC 2.1)
-DEFAULT_STACKED_CONVS = {"retina": 4, "atss": 4, "gfl": 4, "vfnet": 3, "umop": 4}
 
 
 def _check_name(kind: str, name: str, supported) -> None:
@@ -193,11 +191,8 @@ def head_strides(cfg, neck_levels=None) -> list[int]:
 
 
 def anchor_generator(cfg) -> AnchorGenerator:
-    """The dense head's anchors (SPEC 2.1): RetinaNet 9 per cell, the others one of 8 x stride."""
-    strides = head_strides(cfg)
-    if cfg.model.head.name == "retina":
-        return AnchorGenerator.retinanet(strides)
-    return AnchorGenerator.atss(strides)
+    """The configured dense head's anchors on the head strides (the head class says which)."""
+    return DENSE_HEAD_CLASSES[cfg.model.head.name].anchor_generator(head_strides(cfg))
 
 
 def input_policy(cfg):
@@ -217,7 +212,8 @@ def build_priors(cfg):
                          aspect_ratios=[list(r) for r in cfg.priors.aspect_ratios], clip=cfg.priors.clip)
     policy = input_policy(cfg)
     sizes = {hw: head_feature_sizes(cfg, hw) for hw in policy.canvases()}
-    return AnchorLayout(anchor_generator(cfg), sizes, HEAD_ASSIGNERS[cfg.model.head.name], policy.canvas())
+    return AnchorLayout(anchor_generator(cfg), sizes, DENSE_HEAD_CLASSES[cfg.model.head.name].assigner,
+                        policy.canvas())
 
 
 def build_backbone(cfg):
@@ -254,16 +250,14 @@ def build_head(cfg, neck_levels, priors=None):
     levels = [(c, s) for (c, _), s in zip(neck_levels, head_strides(cfg, None if model.neck.name == "mlfpn"
                                                                      else neck_levels))]
     num_classes = model.num_classes - 1          # sigmoid heads: foreground classes only
-    stacked = head.stacked_convs if head.stacked_convs >= 0 else DEFAULT_STACKED_CONVS[head.name]
-    common = dict(feat_channels=head.feat_channels, stacked_convs=stacked, nms_pre=cfg.test.nms_pre)
-    if head.name == "retina":
-        return RetinaHead(levels, num_classes, **common)
-    if head.name in ("atss", "umop"):
-        return ATSSHead(levels, num_classes, cls_loss="progressive_focal" if head.name == "umop" else "focal",
-                        **common)
+    options = dict(feat_channels=head.feat_channels, nms_pre=cfg.test.nms_pre)
+    if head.stacked_convs >= 0:                  # -1: the head's own default
+        options["stacked_convs"] = head.stacked_convs
+    if head.name == "umop":
+        options["cls_loss"] = "progressive_focal"
     if head.name == "gfl":
-        return GFLHead(levels, num_classes, reg_max=head.reg_max, **common)
-    return VFNetHead(levels, num_classes, **common)
+        options["reg_max"] = head.reg_max
+    return DENSE_HEAD_CLASSES[head.name](levels, num_classes, **options)
 
 
 def build_detector(cfg) -> Detector:
