@@ -27,10 +27,10 @@ from mindspore import Tensor
 from heads.anchors import AnchorGenerator
 from heads.dense_head_utils import (delta_decode, delta_encode, init_dense_head, level_counts, positive_targets,
                                     predictor_conv, prior_bias, topk_per_level)
+from heads.labels import IGNORE
 from heads.losses import sigmoid_focal_loss
 from heads.utils import flatten_levels
 
-IGNORE_LABEL = -2
 BOX_STDS = (1.0, 1.0, 1.0, 1.0)
 
 
@@ -77,7 +77,7 @@ class RetinaHead(nn.Cell):
         cls, deltas, level_anchors = outputs[0], outputs[1], outputs[2:]
         anchors, pos, avg, safe = positive_targets(level_anchors, labels, gt_boxes, self.num_classes,
                                                    self.device_mean)
-        not_ignored = (labels != IGNORE_LABEL).astype(ms.float32)
+        not_ignored = (labels != IGNORE).astype(ms.float32)
         loss_cls = sigmoid_focal_loss(cls, labels, weight=not_ignored, avg_factor=avg)
         target = ops.stop_gradient(delta_encode(anchors, safe, BOX_STDS))
         loss_box = (ops.abs(deltas - target).sum(-1) * pos).sum() / avg

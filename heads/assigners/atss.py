@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from heads.box_ops import box_area
+from heads.labels import BACKGROUND
 
-BACKGROUND = -1
 THRESHOLD_SLACK = 1e-9
 CENTRE_MARGIN = 0.01
 

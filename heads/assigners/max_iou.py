@@ -27,9 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heads.box_ops import pairwise_iou
-
-BACKGROUND = -1   # prior matched to no GT: a negative
-IGNORE = -2       # prior in the ignore band: neither positive nor negative
+from heads.labels import BACKGROUND, IGNORE
 
 
 @dataclass

@@ -13,8 +13,8 @@ log(0) nor catastrophic cancellation appears for large |x|. The focal weight is 
 
 Conventions shared by every sigmoid loss in this package:
 - Labels are class indices (...,) int; labels in [0, C) are foreground, any other value is
-  background (an all-zero target row). `BACKGROUND_LABEL` = -1 is what `ATSSAssigner` writes;
-  mmdetection's "background = C" works unchanged.
+  background (an all-zero target row): `heads.labels.BACKGROUND` / `IGNORE` as the data
+  pipeline writes them, and mmdetection's "background = C" works unchanged.
 - Reduction follows mmdetection: loss = sum(elementwise * weight) / avg_factor. `weight` may
   have fewer dimensions than the elementwise loss (e.g. (N,) per anchor for an (N, C) loss);
   it is broadcast over the trailing ones. `reduction="none"` returns elementwise * weight.
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import mindspore as ms
 from mindspore import ops
-
-BACKGROUND_LABEL = -1
 
 
 def one_hot_targets(labels, num_classes: int):

@@ -56,9 +56,9 @@ def hard_negative_mask(ce, positive, neg_pos_ratio: int = 3, empty_image_negativ
 def multibox_loss(loc_p, conf_p, loc_t, conf_t, neg_pos_ratio: int = 3, empty_image_negatives: int = 0):
     """Returns (loc_loss, conf_loss), each already divided by N.
 
-    loc_p, loc_t: (B, P, 4); conf_p: (B, P, C) logits; conf_t: (B, P) int, 0 = background,
-    -1 = ignored (neither positive nor a negative candidate; the SSD matcher never emits it,
-    assigners with an ignore band do).
+    loc_p, loc_t: (B, P, 4); conf_p: (B, P, C) logits; conf_t: (B, P) int softmax columns,
+    0 = background, negative (heads.labels.IGNORE) = ignored: neither positive nor a negative
+    candidate (the SSD matcher never emits it, assigners with an ignore band do).
     """
     conf_t = conf_t.astype(ms.int32)
     positive = conf_t > 0

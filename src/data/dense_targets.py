@@ -21,10 +21,9 @@ import numpy as np
 
 from heads.anchors import AnchorGenerator
 from heads.assigners.atss import ATSSAssigner
-from heads.assigners.max_iou import IGNORE, MaxIoUAssigner
+from heads.assigners.max_iou import MaxIoUAssigner
+from heads.labels import BACKGROUND, IGNORE
 
-BACKGROUND_LABEL = -1
-IGNORE_LABEL = -2
 ASSIGNERS = ("atss", "max_iou")
 
 
@@ -95,7 +94,7 @@ class DenseTargetEncoder:
         """boxes (G, 4) normalised to the input, labels (G,) -> (labels (N,) int32, boxes (N, 4) pixels)."""
         anchors, counts = self.layout.anchors(input_hw)
         num = anchors.shape[0]
-        out_labels = np.full(num, BACKGROUND_LABEL, dtype=np.int32)
+        out_labels = np.full(num, BACKGROUND, dtype=np.int32)
         out_boxes = np.zeros((num, 4), dtype=np.float32)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(labels).reshape(-1)
@@ -109,7 +108,7 @@ class DenseTargetEncoder:
             gt_index = self.atss.assign(anchors, counts, pixels, labels).gt_index
         else:
             gt_index = self.max_iou.assign(pixels, anchors).gt_index
-            out_labels[gt_index == IGNORE] = IGNORE_LABEL
+            out_labels[gt_index == IGNORE] = IGNORE
         pos = np.flatnonzero(gt_index >= 0)
         out_labels[pos] = labels[gt_index[pos]].astype(np.int32)
         out_boxes[pos] = pixels[gt_index[pos]]

@@ -7,8 +7,9 @@ prior matches which) is resolved here, in the data pipeline:
         -> assigner (max IoU, SPEC 1.8) -> matched GT per prior
         -> loc_t  (P, 4) float32: SSD encoding of the matched GT (SPEC 1.8),
                                   zeros for priors that are not positive
-           conf_t (P,)   int32:   0 = background, label + 1 for positives,
-                                  -1 for priors the assigner ignores (never for SSD)
+           conf_t (P,)   int32:   the softmax column: 0 = background, label + 1 for positives
+                                  (heads.labels.softmax_column), IGNORE (-2) for priors the
+                                  assigner ignores (never for SSD)
 
 The loss only reads loc_t on positives, so non-positives are left at zero rather than
 encoding their (meaningless) best GT as the reference does.
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from heads.assigners.max_iou import IGNORE, MaxIoUAssigner
+from heads.assigners.max_iou import MaxIoUAssigner
 from heads.box_coder import SSDBoxCoder
+from heads.labels import IGNORE, softmax_column
 from heads.priors import center_to_corner
-
-IGNORE_LABEL = -1
 
 
 class SSDTargetEncoder:
@@ -59,8 +59,8 @@ class SSDTargetEncoder:
         result = self.assigner.assign(boxes, self.prior_corners)
         pos = np.flatnonzero(result.gt_index >= 0)
         matched = result.gt_index[pos]
-        conf_t[pos] = labels[matched].astype(np.int32) + 1
-        conf_t[result.gt_index == IGNORE] = IGNORE_LABEL
+        conf_t[pos] = softmax_column(labels[matched].astype(np.int32))
+        conf_t[result.gt_index == IGNORE] = IGNORE
         # only positives are encoded: a few hundred rows instead of all P
         loc_t[pos] = self.box_coder.encode(boxes[matched], self.priors[pos])
         return loc_t, conf_t
