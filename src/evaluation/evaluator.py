@@ -53,7 +53,7 @@ def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
                        policy: InputPolicy | None = None) -> Iterator[tuple[int, int, int, Detections]]:
     """Yield (image_id, height, width, detections in original pixels) for every image.
 
-    decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background)
+    decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background, score factors)
     (m2det.builder.build_output_decoder). Batches are padded to the dataset's batch size so
     GRAPH mode compiles one shape only.
     """
@@ -71,9 +71,9 @@ def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
         start = time.perf_counter()
         for i in range(n):
             height, width = (int(v) for v in sizes[i])
-            boxes, scores, has_background = decoder([o[i] for o in outputs])
+            boxes, scores, has_background, factors = decoder([o[i] for o in outputs])
             boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
-            dets = detect(boxes, scores, has_background=has_background, **kwargs)
+            dets = detect(boxes, scores, has_background=has_background, score_factors=factors, **kwargs)
             timings["postprocess_s"] += time.perf_counter() - start
             yield int(image_ids[i]), height, width, dets
             start = time.perf_counter()
