@@ -89,7 +89,7 @@ def worker_infer(cfg, reps: int) -> dict:
     detector = inference_network(detector, cfg.test, "CPU")
     decoder = build_output_decoder(cfg)
     policy = InputPolicy.from_config(cfg)
-    kwargs = detect_kwargs(cfg.test)
+    kwargs = detect_kwargs(cfg)
     image = test_image()
     height, width = image.shape[:2]
     score_threshold = kwargs["score_threshold"]

@@ -81,7 +81,7 @@ def test_predictor_is_the_evaluation_path(model):
         boxes = coder.decode(loc, priors) * np.array([w, h, w, h], np.float32)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
-        expected = detect(boxes, scores, **detect_kwargs(cfg.test))
+        expected = detect(boxes, scores, **detect_kwargs(cfg))
         assert len(dets.scores) > 0
         for a, b, c in zip(expected, dets, single):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)

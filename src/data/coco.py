@@ -11,9 +11,12 @@ in 1..90 become 0..79 and the synthetic set's 1, 2, 4, 5, 7 become 0..4.
 
 Annotation handling, decided once at construction (vectorised over all annotations):
 - `iscrowd` boxes are not training targets (COCO evaluation ignores them too);
-- boxes are clipped to the image (json width/height); a box that is left with a side
-  < `min_box_size` pixels (zero/negative size, or outside the image) is dropped;
-  both are counted (`stats`).
+- COCO `[x, y, w, h]` becomes corners (x, y, x + w, y + h), or with `pixel_offset` the M2Det
+  release's "+1 pixel" corners (x, y, x + w - 1, y + h - 1): pixel indices, a box covering
+  x2 - x1 + 1 pixels (config `data.pixel_offset`, which NMS and results writing follow too);
+- boxes are clipped to the image (json width/height; the last pixel index W - 1, H - 1 with
+  `pixel_offset`); a box that is left with a side < `min_box_size` pixels (zero/negative
+  size, or outside the image) is dropped; both are counted (`stats`).
 Images without annotations are kept: they are negatives.
 
 Image handling, at load time: files that are missing, undecodable or truncated (a JPEG
@@ -201,15 +204,17 @@ class CocoDetection:
         skip_crowd: leave `iscrowd` boxes out of the targets.
         min_box_size: after clipping to the image, boxes with a side below this (pixels)
             are dropped.
+        pixel_offset: read boxes in the "+1 pixel" convention (x2 = x + w - 1), see above.
     """
 
     def __init__(self, ann_file: str, image_dir: str, skip_crowd: bool = True,
-                 min_box_size: float = 1.0):
+                 min_box_size: float = 1.0, pixel_offset: bool = False):
         check_paths(ann_file, image_dir)
         from pycocotools.coco import COCO
 
         self.ann_file = ann_file
         self.image_dir = image_dir
+        self.pixel_offset = bool(pixel_offset)
         data = load_annotation_json(ann_file)
         self.coco = COCO()
         self.coco.dataset = data
@@ -242,11 +247,13 @@ class CocoDetection:
         crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in annotations), bool, num)
         xywh = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(num, 4)
 
-        corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        hw = self.image_sizes[img_idx].astype(np.float64)                  # (N, 2) h, w
+        off = 1.0 if self.pixel_offset else 0.0
+        corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - off], axis=1)
+        hw = self.image_sizes[img_idx].astype(np.float64) - off            # (N, 2) h, w (last pixel)
         limits = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)
         clipped = np.clip(corners, 0.0, limits)
-        valid = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]) >= min_box_size
+        sides = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]) + off
+        valid = sides >= min_box_size
         changed = np.any(clipped != corners, axis=1)
 
         considered = ~crowd if skip_crowd else np.ones(num, bool)
@@ -291,10 +298,11 @@ class CocoDetection:
         height, width = image.shape[:2]
         if (height, width) != tuple(self.image_sizes[index]):
             # the json disagrees with the file: trust the pixels, re-clip the boxes
+            off = 1.0 if self.pixel_offset else 0.0
             boxes = boxes.copy()
-            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-            keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) > 0
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width - off)
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height - off)
+            keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + off > 0
             boxes, labels = boxes[keep], labels[keep]
         return DetectionRecord(image, boxes, labels, int(self.image_ids[index]), (height, width))
 

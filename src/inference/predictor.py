@@ -75,7 +75,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.description = description
         self.policy = InputPolicy.from_config(cfg)
-        self.detect_kwargs = detect_kwargs(cfg.test)
+        self.detect_kwargs = detect_kwargs(cfg)
         data = cfg.data
         self._mean = tuple(float(v) for v in data.mean)
         self._std = tuple(float(v) for v in data.std) if data.get("std") is not None else None
