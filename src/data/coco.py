@@ -19,7 +19,10 @@ Annotation handling, decided once at construction (vectorised over all annotatio
   size, or outside the image) is dropped; both are counted (`stats`).
 Images without annotations are kept: they are negatives.
 
-Image handling, at load time: files that are missing, undecodable or truncated (a JPEG
+Image handling, at load time: a JPEG is turned upright by its EXIF orientation, unless the
+json's width/height fit the stored pixels and not the upright ones (annotated in the stored
+frame): then the annotation is followed, the stored pixels are used and the image is reported
+(`orientation_ignored`, a warning naming it). Files that are missing, undecodable or truncated (a JPEG
 whose last scan has no end-of-image marker; a truncated PNG fails to decode) give None
 and are recorded in `skipped`, a per-image flag array shared with data-loader worker
 processes, so the training pipeline can report them once per epoch. Grayscale, BGRA and
@@ -37,6 +40,8 @@ from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
+
+from src.data.exif import SWAPS_SIDES, apply_orientation, jpeg_orientation
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +146,10 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3]
 
 
-def read_image(path: str) -> Optional[np.ndarray]:
-    """Decode an image file to uint8 BGR, or None when it is missing, corrupt or truncated."""
+def read_image(path: str, exif_orientation: bool = True) -> Optional[np.ndarray]:
+    """Decode an image file to uint8 BGR, or None when it is missing, corrupt or truncated.
+    A JPEG is turned upright by its EXIF orientation (src/data/exif.py) unless
+    `exif_orientation` is False."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -150,11 +157,13 @@ def read_image(path: str) -> Optional[np.ndarray]:
         return None
     if data[:2] == b"\xff\xd8" and _jpeg_truncated(data):
         return None
-    # UNCHANGED keeps 16-bit depth and alpha (converted by to_bgr8) and, like COCO's own
-    # tools, ignores EXIF orientation so pixels line up with the annotations
+    # UNCHANGED keeps 16-bit depth and alpha (converted by to_bgr8) but ignores EXIF
+    # orientation, which is applied afterwards as OpenCV's imread would
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         return None
+    if exif_orientation:
+        image = apply_orientation(image, jpeg_orientation(data))
     return to_bgr8(image)
 
 
@@ -233,6 +242,7 @@ class CocoDetection:
         self.stats = {"crowd_ignored": 0, "boxes_clipped": 0, "boxes_dropped": 0}
         self._boxes, self._labels = self._build_targets(data["annotations"], skip_crowd, min_box_size)
         self.skipped = SkipFlags(len(self.image_ids))
+        self.orientation_ignored = SkipFlags(len(self.image_ids))
         if self.stats["boxes_clipped"] or self.stats["boxes_dropped"]:
             logger.info("%s: %d boxes clipped to their image, %d degenerate boxes dropped, "
                         "%d crowd boxes ignored", ann_file, self.stats["boxes_clipped"],
@@ -284,10 +294,32 @@ class CocoDetection:
         return self._boxes[index], self._labels[index]
 
     def load_image(self, index: int) -> Optional[np.ndarray]:
-        image = read_image(self.image_path(index))
+        path = self.image_path(index)
+        image = read_image(path)
         if image is None:
             self.skipped.mark(index)
+            return image
+        annotated = tuple(int(v) for v in self.image_sizes[index])
+        if image.shape[:2] != annotated and image.shape[1::-1] == annotated:
+            image = self._annotated_frame(index, path, image, annotated)
         return image
+
+    def _annotated_frame(self, index: int, path: str, upright: np.ndarray, annotated: tuple) -> np.ndarray:
+        """The stored (not EXIF-rotated) pixels when the json's size is theirs: the boxes were
+        drawn on that frame. Reported once per image and process."""
+        with open(path, "rb") as f:
+            orientation = jpeg_orientation(f.read())
+        if orientation not in SWAPS_SIDES:
+            return upright
+        stored = read_image(path, exif_orientation=False)
+        if stored is None or stored.shape[:2] != annotated:
+            return upright
+        if index not in self.orientation_ignored.indices():
+            logger.warning("%s: EXIF orientation %d gives %dx%d pixels but %s records %dx%d (the stored "
+                           "frame): following the annotation, image used as stored", path, orientation,
+                           upright.shape[1], upright.shape[0], self.ann_file, annotated[1], annotated[0])
+        self.orientation_ignored.mark(index)
+        return stored
 
     def __getitem__(self, index: int) -> Optional[DetectionRecord]:
         """The record of image `index` (0..len-1), or None when the image cannot be read."""
@@ -305,6 +337,14 @@ class CocoDetection:
             keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + off > 0
             boxes, labels = boxes[keep], labels[keep]
         return DetectionRecord(image, boxes, labels, int(self.image_ids[index]), (height, width))
+
+    def orientation_summary(self) -> str:
+        idx = self.orientation_ignored.indices()
+        if idx.size == 0:
+            return ""
+        names = ", ".join(self.file_names[i] for i in idx[:5]) + (" ..." if idx.size > 5 else "")
+        return (f"{idx.size} image(s) in {self.image_dir} used without their EXIF rotation, as their "
+                f"annotated width/height are the stored ones: {names}")
 
     def skip_summary(self) -> str:
         idx = self.skipped.indices()

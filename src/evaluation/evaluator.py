@@ -107,6 +107,8 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     metrics["num_images"] = timings["images"]
     if info.skipped_images():
         log.warning(info.skip_summary())
+    if info.reader.orientation_summary():
+        log.warning(info.reader.orientation_summary())
     if out_dir is not None:
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics, indent=2)
         if drawn:
