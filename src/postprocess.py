@@ -79,13 +79,15 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         soft_sigma: sigma of gaussian soft-NMS.
         soft_min_score: soft-NMS drops boxes whose re-weighted score falls below it.
         keep_per_class: at most this many boxes per class; None or <= 0: no limit.
-        max_per_image: at most this many boxes in total; None or <= 0: no limit.
+        max_per_image: at most this many boxes in total; None or <= 0: no limit (the
+            release's test.py, topk=0).
         pixel_offset: the "+1 pixel" IoU (w = x2 - x1 + 1) of the reference, which
             assumes pixel coordinates; False for continuous coordinates.
         has_background: whether score column 0 is the background (and skipped). The dense
             heads' settings (SPEC 2.1) are score_threshold 0.05, nms_method 'nms',
-            nms_threshold 0.6, keep_per_class 0, max_per_image 100, pixel_offset False, with
-            has_background False (their configs' `test:` section).
+            nms_threshold 0.6, keep_per_class 0, max_per_image 100, with has_background False
+            (their configs' `test:` section) and pixel_offset False (`data.pixel_offset`,
+            which also governs reading and results writing).
         score_factors: (P,) multipliers applied after the threshold (ATSS/UMOP centerness), or
             None.
 
