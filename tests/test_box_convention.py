@@ -72,7 +72,8 @@ def write_dataset(tmp_path, width=100, height=80):
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40]},
                             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [90, 0, 10, 80]},
                             {"id": 3, "image_id": 1, "category_id": 1, "bbox": [95, 70, 20, 20]},
-                            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [50, 50, 1, 1]}]}
+                            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [50, 50, 1, 1]},
+                            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [120, 10, 5, 5]}]}
     (tmp_path / "ann.json").write_text(json.dumps(data))
     return str(tmp_path / "ann.json"), str(tmp_path / "images")
 
@@ -87,9 +88,10 @@ def test_reader_follows_the_convention(tmp_path):
     continuous = CocoDetection(ann, images, pixel_offset=False).annotations(0)[0]
     np.testing.assert_array_equal(continuous, [[10, 20, 40, 60], [90, 0, 100, 80], [95, 70, 100, 80],
                                                [50, 50, 51, 51]])
+    # the box wholly right of the image is dropped in both (not kept as a 1-px edge box)
     for on in (True, False):
         stats = CocoDetection(ann, images, pixel_offset=on).stats
-        assert stats["boxes_dropped"] == 0 and stats["boxes_clipped"] == 1
+        assert stats["boxes_dropped"] == 1 and stats["boxes_clipped"] == 1
 
 
 def test_switch_reaches_reader_nms_and_results(tmp_path):

@@ -263,7 +263,9 @@ class CocoDetection:
         limits = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)
         clipped = np.clip(corners, 0.0, limits)
         sides = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]) + off
-        valid = sides >= min_box_size
+        # a box wholly outside clips to an edge line, which "+1 pixel" would count as 1 px wide
+        overlaps = np.all(corners[:, :2] <= limits[:, :2], axis=1) & np.all(corners[:, 2:] >= 0, axis=1)
+        valid = (sides >= min_box_size) & overlaps
         changed = np.any(clipped != corners, axis=1)
 
         considered = ~crowd if skip_crowd else np.ones(num, bool)
@@ -331,10 +333,12 @@ class CocoDetection:
         if (height, width) != tuple(self.image_sizes[index]):
             # the json disagrees with the file: trust the pixels, re-clip the boxes
             off = 1.0 if self.pixel_offset else 0.0
+            overlaps = ((boxes[:, 0] <= width - off) & (boxes[:, 1] <= height - off)
+                        & (boxes[:, 2] >= 0) & (boxes[:, 3] >= 0))
             boxes = boxes.copy()
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width - off)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height - off)
-            keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + off > 0
+            keep = (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + off > 0) & overlaps
             boxes, labels = boxes[keep], labels[keep]
         return DetectionRecord(image, boxes, labels, int(self.image_ids[index]), (height, width))
 
