@@ -89,7 +89,7 @@ def worker_infer(cfg, reps: int) -> dict:
     detector = inference_network(detector, cfg.test, "CPU")
     decoder = build_output_decoder(cfg)
     policy = InputPolicy.from_config(cfg)
-    kwargs = detect_kwargs(cfg.test)
+    kwargs = detect_kwargs(cfg)
     image = test_image()
     height, width = image.shape[:2]
     score_threshold = kwargs["score_threshold"]
@@ -100,9 +100,9 @@ def worker_infer(cfg, reps: int) -> dict:
         t1 = time.perf_counter()
         outputs = [o.asnumpy() for o in detector(ms.Tensor(x))]
         t2 = time.perf_counter()
-        boxes, scores, has_background = decoder([o[0] for o in outputs])
+        boxes, scores, has_background, factors = decoder([o[0] for o in outputs])
         boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
-        dets = detect(boxes, scores, has_background=has_background, **kwargs)
+        dets = detect(boxes, scores, has_background=has_background, score_factors=factors, **kwargs)
         t3 = time.perf_counter()
         fg = scores[:, 1:] if has_background else scores
         return (t1 - t0, t2 - t1, t3 - t2), int((fg > score_threshold).sum()), len(dets.scores)

@@ -16,7 +16,8 @@ Loss (SPEC 2.3 / 2.4):
     box        = 2.0 * sum(GIoU loss * centerness target) / sum(centerness target)
     centerness = BCE(centerness logit, centerness target) over positives / N
 N = sum over images of max(positives in the image, 1); both normalisers are averaged across
-devices and clamped >= 1. Test score = sigmoid(cls) * sigmoid(centerness).
+devices and clamped >= 1. Test: candidates need sigmoid(cls) > score_threshold; their score is
+then sigmoid(cls) * sigmoid(centerness) (mmdetection's multiclass_nms with score_factors).
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ class ATSSHead(nn.Cell):
         loss_cls_weight, loss_box_weight, loss_centerness_weight: 1.0, 2.0, 1.0 (SPEC 2.4).
 
     `construct(features)` -> (cls (B, N, C), deltas (B, N, 4), centerness (B, N, 1), *anchors),
-    one (N_l, 4) anchor tensor per level. `predict(outputs)` -> (boxes (B, K, 4) input pixels, scores (B, K, C)).
+    one (N_l, 4) anchor tensor per level. `predict(outputs)` -> (boxes (B, K, 4) input pixels, sigmoid class
+    scores (B, K, C), sigmoid centerness (B, K)), the K ranked per level by max class score x centerness.
     """
 
     loss_names = ("cls", "box", "centerness")
@@ -106,5 +108,7 @@ class ATSSHead(nn.Cell):
     def predict(self, outputs):
         cls, deltas, ctr, level_anchors = outputs[0], outputs[1], outputs[2], outputs[3:]
         boxes = delta_decode(ops.cat(level_anchors, axis=0), deltas, BOX_STDS)
-        scores = ops.sigmoid(cls) * ops.sigmoid(ctr)
-        return topk_per_level(scores, boxes, level_counts(level_anchors), self.nms_pre)
+        # the centerness stays a separate output: detect() thresholds the class score, then
+        # multiplies (mmdetection's multiclass_nms with score_factors)
+        return topk_per_level(ops.sigmoid(cls), boxes, level_counts(level_anchors), self.nms_pre,
+                              score_factors=ops.sigmoid(ctr).squeeze(-1))

@@ -5,8 +5,9 @@
 
 Priors are (cx, cy, w, h); ground truth and decoded boxes are corners (x1, y1, x2, y2),
 all in the same units (normalised [0, 1] in this project). NumPy functions serve the
-data pipeline and post-processing; `decode_ms` is the same formula in MindSpore ops for
-graphs that output decoded boxes (export with decoding).
+data pipeline and post-processing; `decode_graph` is the same formula, with the same clamp,
+in MindSpore ops for graphs that output decoded boxes (export --with_decode), and the only
+graph version: `SSDBoxCoder.decode_ms` and the exported network both call it.
 """
 from __future__ import annotations
 
@@ -52,7 +53,13 @@ class SSDBoxCoder:
 
     def decode_ms(self, loc, priors):
         """MindSpore version of `decode` for in-graph decoding; loc (B, P, 4), priors (P, 4)."""
-        v0, v1 = self.variances
-        centre = priors[:, :2] + loc[..., :2] * v0 * priors[:, 2:]
-        wh = priors[:, 2:] * ops.exp(ops.minimum(loc[..., 2:] * v1, MAX_LOG_SCALE))
-        return ops.concat([centre - wh / 2, centre + wh / 2], axis=-1)
+        return decode_graph(loc, priors, self.variances[0], self.variances[1])
+
+
+def decode_graph(loc, priors, v0: float, v1: float):
+    """`SSDBoxCoder.decode` in MindSpore ops (usable inside a cell's construct): loc (..., P, 4)
+    offsets, priors (P, 4) (cx, cy, w, h) -> corner boxes (..., P, 4), log-scale clamped at
+    MAX_LOG_SCALE as the NumPy decode."""
+    centre = priors[:, :2] + loc[..., :2] * v0 * priors[:, 2:]
+    wh = priors[:, 2:] * ops.exp(ops.minimum(loc[..., 2:] * v1, MAX_LOG_SCALE))
+    return ops.concat((centre - wh / 2, centre + wh / 2), axis=-1)

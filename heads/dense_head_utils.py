@@ -301,26 +301,40 @@ class DeviceMean(nn.Cell):
 
 # ----------------------------------------------------------------------------------- inference
 
-def topk_per_level(scores: Tensor, boxes: Tensor, counts: Sequence[int], k: int) -> tuple[Tensor, Tensor]:
-    """Keep, per level, the k anchors with the highest max-over-classes score (SPEC 2.1's
-    pre-NMS top 1000). k <= 0 keeps everything. Output sizes are static:
-    sum_l min(k, n_l) candidates per image.
+def topk_per_level(scores: Tensor, boxes: Tensor, counts: Sequence[int], k: int,
+                   score_factors: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Keep, per level, the k anchors ranked highest (SPEC 2.1's pre-NMS top 1000). k <= 0 keeps
+    everything. Output sizes are static: sum_l min(k, n_l) candidates per image.
 
-    scores (B, N, C), boxes (B, N, 4) -> (boxes (B, K, 4), scores (B, K, C)).
+    The rank is the max-over-classes score, or with `score_factors` (ATSS/UMOP centerness) the
+    max over classes of score x factor, which is what mmdetection 2.14's ATSS head ranks by. The
+    factors are kept apart, not multiplied in: `postprocess.detect` thresholds the class score
+    first and multiplies afterwards, as mmdetection's `multiclass_nms(score_factors=...)`.
+
+    scores (B, N, C), boxes (B, N, 4)[, score_factors (B, N)] -> (boxes (B, K, 4), scores (B, K, C)
+    [, score_factors (B, K)]).
     """
+    rank = scores if score_factors is None else scores * ops.expand_dims(score_factors, -1)
     if k <= 0 or all(n <= k for n in counts):
-        return boxes, scores
-    kept_boxes, kept_scores = (), ()
+        return (boxes, scores) if score_factors is None else (boxes, scores, score_factors)
+    kept_boxes, kept_scores, kept_factors = (), (), ()
     start = 0
     for n in counts:
         s = scores[:, start:start + n]
         b = boxes[:, start:start + n]
+        f = score_factors[:, start:start + n] if score_factors is not None else None
         if n > k:
-            _, idx = ops.topk(s.max(axis=-1), k)                                  # (B, k)
+            _, idx = ops.topk(rank[:, start:start + n].max(axis=-1), k)            # (B, k)
+            if f is not None:
+                f = ops.gather_elements(f, 1, idx)
             idx = ops.expand_dims(idx, -1)
             s = ops.gather_elements(s, 1, ops.broadcast_to(idx, (idx.shape[0], k, s.shape[2])))
             b = ops.gather_elements(b, 1, ops.broadcast_to(idx, (idx.shape[0], k, 4)))
         kept_boxes += (b,)
         kept_scores += (s,)
+        if f is not None:
+            kept_factors += (f,)
         start += n
-    return ops.cat(kept_boxes, axis=1), ops.cat(kept_scores, axis=1)
+    if score_factors is None:
+        return ops.cat(kept_boxes, axis=1), ops.cat(kept_scores, axis=1)
+    return ops.cat(kept_boxes, axis=1), ops.cat(kept_scores, axis=1), ops.cat(kept_factors, axis=1)

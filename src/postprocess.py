@@ -1,10 +1,10 @@
 """Test-time post-processing of one image's detections (SPEC 1.10, 2.1).
 
     network outputs of one image --decoder--> boxes (P, 4) in [0, 1] of the network input,
-                                              scores (P, K), has_background
+                                              scores (P, K), has_background, score_factors (P,) or None
     --scale_boxes-->  pixels of the original image
-        --detect-->  per class: score > score_threshold -> (soft-)NMS -> top keep_per_class
-                     then top max_per_image over all classes
+        --detect-->  per class: score > score_threshold -> x score factor -> (soft-)NMS
+                     -> top keep_per_class, then top max_per_image over all classes
         -->  boxes (K, 4), scores (K,), labels (K,) = dataset label + 1
 
 Scores are either softmax with the background in column 0 (multibox head; classes are
@@ -12,6 +12,10 @@ columns 1..C-1) or per-class sigmoids without a background column (dense heads; 
 dataset label c). ``detect`` is the one function that evaluation, export checks and inference
 all call, so they cannot drift apart. The decoders (`SSDOutputDecoder`, `DenseOutputDecoder`,
 chosen by `src.builder.build_output_decoder`) turn a head's `predict` outputs into that form.
+
+Score factors (ATSS/UMOP centerness) multiply a candidate's score *after* the threshold, as
+mmdetection 2.14's `multiclass_nms(..., score_factors=...)`: a class score of 0.08 with a
+centerness of 0.5 passes a 0.05 threshold and is kept with score 0.04.
 """
 from __future__ import annotations
 
@@ -53,13 +57,14 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
            nms_method: str = "linear", nms_threshold: float = 0.3, soft_sigma: float = 0.5,
            soft_min_score: float = 0.001, keep_per_class: Optional[int] = 50,
            max_per_image: Optional[int] = 100, pixel_offset: bool = True,
-           has_background: bool = True) -> Detections:
+           has_background: bool = True, score_factors: Optional[np.ndarray] = None) -> Detections:
     """Per-class score threshold, NMS and top-k for one image.
 
     For every foreground class c (score column c >= 1): keep the boxes with
     ``scores[:, c] > score_threshold``; suppress with ``nms_method``; keep the first
     ``keep_per_class`` of the result (they come out by decreasing score). Then keep the
-    ``max_per_image`` best over all classes.
+    ``max_per_image`` best over all classes. With ``score_factors``, a candidate's score is
+    ``scores[:, c] * score_factors`` from the threshold on (NMS, ordering, output).
 
     Args:
         boxes: (P, 4) decoded corner boxes, in the coordinates wanted on output (pixels
@@ -75,13 +80,17 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         soft_sigma: sigma of gaussian soft-NMS.
         soft_min_score: soft-NMS drops boxes whose re-weighted score falls below it.
         keep_per_class: at most this many boxes per class; None or <= 0: no limit.
-        max_per_image: at most this many boxes in total; None or <= 0: no limit.
+        max_per_image: at most this many boxes in total; None or <= 0: no limit (the
+            release's test.py, topk=0).
         pixel_offset: the "+1 pixel" IoU (w = x2 - x1 + 1) of the reference, which
             assumes pixel coordinates; False for continuous coordinates.
         has_background: whether score column 0 is the background (and skipped). The dense
             heads' settings (SPEC 2.1) are score_threshold 0.05, nms_method 'nms',
-            nms_threshold 0.6, keep_per_class 0, max_per_image 100, pixel_offset False, with
-            has_background False (their configs' `test:` section).
+            nms_threshold 0.6, keep_per_class 0, max_per_image 100, with has_background False
+            (their configs' `test:` section) and pixel_offset False (`data.pixel_offset`,
+            which also governs reading and results writing).
+        score_factors: (P,) multipliers applied after the threshold (ATSS/UMOP centerness), or
+            None.
 
     Returns:
         :class:`Detections` ``(boxes (K, 4) float32, scores (K,) float32, labels (K,)
@@ -106,6 +115,10 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         raise ValueError(f"boxes must be (P, 4), got {boxes.shape}")
     if scores.ndim != 2 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"scores must be (P, C) with P = {boxes.shape[0]}, got {scores.shape}")
+    if score_factors is not None:
+        score_factors = np.asarray(score_factors, dtype=np.float32).reshape(-1)
+        if score_factors.shape[0] != boxes.shape[0]:
+            raise ValueError(f"score_factors must be (P,) with P = {boxes.shape[0]}, got {score_factors.shape}")
 
     # Classes without a candidate never reach the loop.
     fg = scores[:, 1:] if has_background else scores
@@ -122,6 +135,8 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         dets = np.empty((r.size, 5), dtype=np.float32)
         dets[:, :4] = boxes[r]
         dets[:, 4] = fg[r, c]
+        if score_factors is not None:
+            dets[:, 4] *= score_factors[r]
         kept = _suppress(dets, nms_method, nms_threshold, soft_sigma, soft_min_score, pixel_offset)
         if keep_per_class is not None and keep_per_class > 0:
             kept = kept[:keep_per_class]
@@ -160,7 +175,8 @@ def _suppress(dets: np.ndarray, method: str, threshold: float, sigma: float, min
 
 class SSDOutputDecoder:
     """Multibox head: (loc offsets (P, 4), softmax scores (P, C)) of one image -> (boxes in [0, 1],
-    scores, has_background=True); decoded against the SSD priors, not clipped (the reference)."""
+    scores, has_background=True, no score factors); decoded against the SSD priors, not clipped
+    (the reference)."""
 
     has_background = True
     clip = False
@@ -172,9 +188,9 @@ class SSDOutputDecoder:
         self._prior_xy = np.ascontiguousarray(self.priors[:, :2])
         self._prior_wh = np.ascontiguousarray(self.priors[:, 2:])
 
-    def __call__(self, outputs) -> tuple[np.ndarray, np.ndarray, bool]:
+    def __call__(self, outputs) -> tuple[np.ndarray, np.ndarray, bool, None]:
         loc, scores = outputs
-        return self.decode(loc), scores, self.has_background
+        return self.decode(loc), scores, self.has_background, None
 
     def decode(self, loc: np.ndarray) -> np.ndarray:
         """`SSDBoxCoder.decode(loc, priors)` for one image's (P, 4) offsets, bit for bit, without
@@ -198,10 +214,10 @@ class SSDOutputDecoder:
 
 
 class DenseOutputDecoder:
-    """Dense heads: (boxes (K, 4) in network-input pixels, sigmoid scores (K, C)) of one image
-    (already decoded and pre-NMS top-k'd in the graph by `head.predict`) -> (boxes in [0, 1] of
-    the (H, W) input, scores, has_background=False). Boxes are clipped to the image afterwards,
-    as mmdetection clips to the image shape."""
+    """Dense heads: (boxes (K, 4) in network-input pixels, sigmoid scores (K, C)[, score factors
+    (K,)]) of one image (already decoded and pre-NMS top-k'd in the graph by `head.predict`) ->
+    (boxes in [0, 1] of the (H, W) input, scores, has_background=False, score factors or None).
+    Boxes are clipped to the image afterwards, as mmdetection clips to the image shape."""
 
     has_background = False
     clip = True
@@ -210,6 +226,7 @@ class DenseOutputDecoder:
         h, w = (int(v) for v in input_hw)
         self.scale = np.array([w, h, w, h], dtype=np.float32)
 
-    def __call__(self, outputs) -> tuple[np.ndarray, np.ndarray, bool]:
-        boxes, scores = outputs
-        return np.asarray(boxes, dtype=np.float32) / self.scale, scores, self.has_background
+    def __call__(self, outputs) -> tuple[np.ndarray, np.ndarray, bool, Optional[np.ndarray]]:
+        boxes, scores = outputs[0], outputs[1]
+        factors = outputs[2] if len(outputs) > 2 else None
+        return np.asarray(boxes, dtype=np.float32) / self.scale, scores, self.has_background, factors

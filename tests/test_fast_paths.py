@@ -102,8 +102,8 @@ def test_decoder_is_bitwise_the_box_coder(config):
     loc[:5, 2:] = [[30.0, -30.0], [50.0, 50.0], [-80.0, 0.0], [0.0, 0.0], [25.0, 1e-7]]  # clamped / tiny
     decoder = SSDOutputDecoder(priors, cfg.priors.variance)
     expected = SSDBoxCoder(cfg.priors.variance).decode(loc, priors)
-    boxes, scores, has_background = decoder((loc, "scores"))
-    assert boxes.dtype == expected.dtype == np.float32 and has_background and scores == "scores"
+    boxes, scores, has_background, factors = decoder((loc, "scores"))
+    assert boxes.dtype == expected.dtype == np.float32 and has_background and scores == "scores" and factors is None
     np.testing.assert_array_equal(boxes, expected)
     # float64 offsets are decoded in float32, as before
     np.testing.assert_array_equal(decoder.decode(loc.astype(np.float64)), expected)

@@ -199,14 +199,18 @@ def test_loss_matches_numpy_reference(name):
 def test_predict_matches_numpy_decoding(name):
     head = make_head(name, nms_pre=0)
     outputs = random_outputs(head, name, 2, seed=5)
-    boxes, scores = (o.asnumpy() for o in head.predict(outputs))
+    predicted = [o.asnumpy() for o in head.predict(outputs)]
+    boxes, scores = predicted[:2]
     arrays = [o.asnumpy().astype(np.float64) for o in outputs]
     anchors = np.concatenate(arrays[-2:])
+    assert len(predicted) == (3 if name in ("atss", "umop") else 2)
     if name == "retina":
         want_b, want_s = ref.delta_decode(anchors, arrays[1], (1, 1, 1, 1)), ref.sigmoid(arrays[0])
     elif name in ("atss", "umop"):
         want_b = ref.delta_decode(anchors, arrays[1], (0.1, 0.1, 0.2, 0.2))
-        want_s = ref.sigmoid(arrays[0]) * ref.sigmoid(arrays[2])
+        want_s = ref.sigmoid(arrays[0])
+        # the centerness is a separate score factor (detect() multiplies after its threshold)
+        np.testing.assert_allclose(predicted[2], ref.sigmoid(arrays[2])[..., 0], rtol=1e-4, atol=1e-6)
     elif name == "gfl":
         strides = np.repeat([8.0, 16.0], [len(arrays[-2]), len(arrays[-1])])[:, None]
         want_b = ref.distance2bbox(ref.centres(anchors), ref.integral(arrays[1], 16) * strides)
@@ -217,7 +221,7 @@ def test_predict_matches_numpy_decoding(name):
     np.testing.assert_allclose(scores, want_s, rtol=1e-4, atol=1e-6)
     # with nms_pre the output keeps min(k, n_l) candidates per level
     head_k = make_head(name, nms_pre=10)
-    b10, s10 = head_k.predict(outputs)
+    b10, s10 = head_k.predict(outputs)[:2]
     per_cell = 9 if name == "retina" else 1
     assert b10.shape[1] == 10 + min(10, 64 * per_cell) and s10.shape[2] == C
 
@@ -264,7 +268,7 @@ def test_few_sgd_steps_lower_the_loss(name, lr):
 
 def _positive_box_iou(head, feats, labels, boxes):
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    pred, _ = head.predict(head(feats))
+    pred = head.predict(head(feats))[0]
     pos = labels.asnumpy() >= 0
     iou, _ = ref.iou_giou(pred.asnumpy()[pos].astype(np.float64), boxes.asnumpy()[pos].astype(np.float64))
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -304,8 +308,8 @@ def test_dense_decoder_and_sigmoid_detect():
     xy = rng.uniform(0, 100, (40, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (40, 2))], 1).astype(np.float32)
     scores = rng.uniform(0, 0.3, (40, 3)).astype(np.float32)
-    norm, same, has_background = DenseOutputDecoder((128, 256))((boxes, scores))
-    assert has_background is False and same is scores
+    norm, same, has_background, factors = DenseOutputDecoder((128, 256))((boxes, scores))
+    assert has_background is False and same is scores and factors is None
     np.testing.assert_allclose(norm * [256, 128, 256, 128], boxes, rtol=1e-6)
     kwargs = dict(score_threshold=0.05, nms_method="nms", nms_threshold=0.6, keep_per_class=0, max_per_image=100,
                   pixel_offset=False)

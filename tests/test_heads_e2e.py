@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 HEADS = ["retina", "atss", "umop", "gfl", "vfnet"]
 DENSE_TEST = ["test.score_threshold=0.05", "test.nms_method=nms", "test.nms_threshold=0.6", "test.keep_per_class=0",
-              "test.pixel_offset=false", "test.nms_pre=100"]
+              "data.pixel_offset=false", "test.nms_pre=100"]
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def test_predictor_is_the_evaluation_path(model):
         boxes = coder.decode(loc, priors) * np.array([w, h, w, h], np.float32)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
-        expected = detect(boxes, scores, **detect_kwargs(cfg.test))
+        expected = detect(boxes, scores, **detect_kwargs(cfg))
         assert len(dets.scores) > 0
         for a, b, c in zip(expected, dets, single):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
@@ -111,8 +111,8 @@ def test_mindir_predictor_decodes_like_the_checkpoint(model, mindir):
     out_ckpt, out_file = from_ckpt._run(batch), from_file._run(batch)
     for i, image in enumerate(images):
         h, w = image.shape[:2]
-        boxes_c, scores_c, _ = from_ckpt.decoder([o[i] for o in out_ckpt])
-        boxes_f, scores_f, _ = from_file.decoder([o[i] for o in out_file])
+        boxes_c, scores_c, _, _ = from_ckpt.decoder([o[i] for o in out_ckpt])
+        boxes_f, scores_f, _, _ = from_file.decoder([o[i] for o in out_file])
         np.testing.assert_allclose(to_original_pixels(boxes_f, from_file.policy, h, w, True),
                                    to_original_pixels(boxes_c, from_ckpt.policy, h, w, True), atol=1e-3)
         np.testing.assert_allclose(scores_f, scores_c, atol=1e-5)

@@ -11,12 +11,18 @@ in 1..90 become 0..79 and the synthetic set's 1, 2, 4, 5, 7 become 0..4.
 
 Annotation handling, decided once at construction (vectorised over all annotations):
 - `iscrowd` boxes are not training targets (COCO evaluation ignores them too);
-- boxes are clipped to the image (json width/height); a box that is left with a side
-  < `min_box_size` pixels (zero/negative size, or outside the image) is dropped;
-  both are counted (`stats`).
+- COCO `[x, y, w, h]` becomes corners (x, y, x + w, y + h), or with `pixel_offset` the M2Det
+  release's "+1 pixel" corners (x, y, x + w - 1, y + h - 1): pixel indices, a box covering
+  x2 - x1 + 1 pixels (config `data.pixel_offset`, which NMS and results writing follow too);
+- boxes are clipped to the image (json width/height; the last pixel index W - 1, H - 1 with
+  `pixel_offset`); a box that is left with a side < `min_box_size` pixels (zero/negative
+  size, or outside the image) is dropped; both are counted (`stats`).
 Images without annotations are kept: they are negatives.
 
-Image handling, at load time: files that are missing, undecodable or truncated (a JPEG
+Image handling, at load time: a JPEG is turned upright by its EXIF orientation, unless the
+json's width/height fit the stored pixels and not the upright ones (annotated in the stored
+frame): then the annotation is followed, the stored pixels are used and the image is reported
+(`orientation_ignored`, a warning naming it). Files that are missing, undecodable or truncated (a JPEG
 whose last scan has no end-of-image marker; a truncated PNG fails to decode) give None
 and are recorded in `skipped`, a per-image flag array shared with data-loader worker
 processes, so the training pipeline can report them once per epoch. Grayscale, BGRA and
@@ -34,6 +40,8 @@ from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
+
+from src.data.exif import SWAPS_SIDES, apply_orientation, jpeg_orientation
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +146,10 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3]
 
 
-def read_image(path: str) -> Optional[np.ndarray]:
-    """Decode an image file to uint8 BGR, or None when it is missing, corrupt or truncated."""
+def read_image(path: str, exif_orientation: bool = True) -> Optional[np.ndarray]:
+    """Decode an image file to uint8 BGR, or None when it is missing, corrupt or truncated.
+    A JPEG is turned upright by its EXIF orientation (src/data/exif.py) unless
+    `exif_orientation` is False."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -147,11 +157,13 @@ def read_image(path: str) -> Optional[np.ndarray]:
         return None
     if data[:2] == b"\xff\xd8" and _jpeg_truncated(data):
         return None
-    # UNCHANGED keeps 16-bit depth and alpha (converted by to_bgr8) and, like COCO's own
-    # tools, ignores EXIF orientation so pixels line up with the annotations
+    # UNCHANGED keeps 16-bit depth and alpha (converted by to_bgr8) but ignores EXIF
+    # orientation, which is applied afterwards as OpenCV's imread would
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         return None
+    if exif_orientation:
+        image = apply_orientation(image, jpeg_orientation(data))
     return to_bgr8(image)
 
 
@@ -201,15 +213,17 @@ class CocoDetection:
         skip_crowd: leave `iscrowd` boxes out of the targets.
         min_box_size: after clipping to the image, boxes with a side below this (pixels)
             are dropped.
+        pixel_offset: read boxes in the "+1 pixel" convention (x2 = x + w - 1), see above.
     """
 
     def __init__(self, ann_file: str, image_dir: str, skip_crowd: bool = True,
-                 min_box_size: float = 1.0):
+                 min_box_size: float = 1.0, pixel_offset: bool = False):
         check_paths(ann_file, image_dir)
         from pycocotools.coco import COCO
 
         self.ann_file = ann_file
         self.image_dir = image_dir
+        self.pixel_offset = bool(pixel_offset)
         data = load_annotation_json(ann_file)
         self.coco = COCO()
         self.coco.dataset = data
@@ -228,6 +242,7 @@ class CocoDetection:
         self.stats = {"crowd_ignored": 0, "boxes_clipped": 0, "boxes_dropped": 0}
         self._boxes, self._labels = self._build_targets(data["annotations"], skip_crowd, min_box_size)
         self.skipped = SkipFlags(len(self.image_ids))
+        self.orientation_ignored = SkipFlags(len(self.image_ids))
         if self.stats["boxes_clipped"] or self.stats["boxes_dropped"]:
             logger.info("%s: %d boxes clipped to their image, %d degenerate boxes dropped, "
                         "%d crowd boxes ignored", ann_file, self.stats["boxes_clipped"],
@@ -242,11 +257,15 @@ class CocoDetection:
         crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in annotations), bool, num)
         xywh = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(num, 4)
 
-        corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        hw = self.image_sizes[img_idx].astype(np.float64)                  # (N, 2) h, w
+        off = 1.0 if self.pixel_offset else 0.0
+        corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - off], axis=1)
+        hw = self.image_sizes[img_idx].astype(np.float64) - off            # (N, 2) h, w (last pixel)
         limits = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)
         clipped = np.clip(corners, 0.0, limits)
-        valid = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]) >= min_box_size
+        sides = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]) + off
+        # a box wholly outside clips to an edge line, which "+1 pixel" would count as 1 px wide
+        overlaps = np.all(corners[:, :2] <= limits[:, :2], axis=1) & np.all(corners[:, 2:] >= 0, axis=1)
+        valid = (sides >= min_box_size) & overlaps
         changed = np.any(clipped != corners, axis=1)
 
         considered = ~crowd if skip_crowd else np.ones(num, bool)
@@ -277,10 +296,32 @@ class CocoDetection:
         return self._boxes[index], self._labels[index]
 
     def load_image(self, index: int) -> Optional[np.ndarray]:
-        image = read_image(self.image_path(index))
+        path = self.image_path(index)
+        image = read_image(path)
         if image is None:
             self.skipped.mark(index)
+            return image
+        annotated = tuple(int(v) for v in self.image_sizes[index])
+        if image.shape[:2] != annotated and image.shape[1::-1] == annotated:
+            image = self._annotated_frame(index, path, image, annotated)
         return image
+
+    def _annotated_frame(self, index: int, path: str, upright: np.ndarray, annotated: tuple) -> np.ndarray:
+        """The stored (not EXIF-rotated) pixels when the json's size is theirs: the boxes were
+        drawn on that frame. Reported once per image and process."""
+        with open(path, "rb") as f:
+            orientation = jpeg_orientation(f.read())
+        if orientation not in SWAPS_SIDES:
+            return upright
+        stored = read_image(path, exif_orientation=False)
+        if stored is None or stored.shape[:2] != annotated:
+            return upright
+        if index not in self.orientation_ignored.indices():
+            logger.warning("%s: EXIF orientation %d gives %dx%d pixels but %s records %dx%d (the stored "
+                           "frame): following the annotation, image used as stored", path, orientation,
+                           upright.shape[1], upright.shape[0], self.ann_file, annotated[1], annotated[0])
+        self.orientation_ignored.mark(index)
+        return stored
 
     def __getitem__(self, index: int) -> Optional[DetectionRecord]:
         """The record of image `index` (0..len-1), or None when the image cannot be read."""
@@ -291,12 +332,23 @@ class CocoDetection:
         height, width = image.shape[:2]
         if (height, width) != tuple(self.image_sizes[index]):
             # the json disagrees with the file: trust the pixels, re-clip the boxes
+            off = 1.0 if self.pixel_offset else 0.0
+            overlaps = ((boxes[:, 0] <= width - off) & (boxes[:, 1] <= height - off)
+                        & (boxes[:, 2] >= 0) & (boxes[:, 3] >= 0))
             boxes = boxes.copy()
-            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-            keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) > 0
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width - off)
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height - off)
+            keep = (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + off > 0) & overlaps
             boxes, labels = boxes[keep], labels[keep]
         return DetectionRecord(image, boxes, labels, int(self.image_ids[index]), (height, width))
+
+    def orientation_summary(self) -> str:
+        idx = self.orientation_ignored.indices()
+        if idx.size == 0:
+            return ""
+        names = ", ".join(self.file_names[i] for i in idx[:5]) + (" ..." if idx.size > 5 else "")
+        return (f"{idx.size} image(s) in {self.image_dir} used without their EXIF rotation, as their "
+                f"annotated width/height are the stored ones: {names}")
 
     def skip_summary(self) -> str:
         idx = self.skipped.indices()

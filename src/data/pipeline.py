@@ -67,7 +67,8 @@ def build_reader(cfg, split: str = "train") -> CocoDetection:
         raise ValueError(f"split must be 'train' or 'val', got '{split}'")
     ann = os.path.join(data.root, data[f"{split}_ann"])
     images = os.path.join(data.root, data[f"{split}_images"])
-    return CocoDetection(ann, images, min_box_size=float(data.get("min_box_size", 1.0)))
+    return CocoDetection(ann, images, min_box_size=float(data.get("min_box_size", 1.0)),
+                         pixel_offset=bool(data.get("pixel_offset", False)))
 
 
 # ---------------------------------------------------------------------- sampler

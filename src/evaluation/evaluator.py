@@ -17,22 +17,25 @@ from typing import Iterator
 import mindspore as ms
 import numpy as np
 
+from src.builder import build_output_decoder
 from src.data.pipeline import create_test_dataset
 from src.data.resize import InputPolicy
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
 from src.postprocess import Detections, detect, scale_boxes
 from src.utils.io import write_json_atomic
-from src.builder import build_output_decoder
 from src.visualize import draw_detections
 
 log = logging.getLogger("m2det.eval")
 
 
-def detect_kwargs(test_cfg) -> dict:
-    """The `test:` config section as keyword arguments of `postprocess.detect`."""
+def detect_kwargs(cfg) -> dict:
+    """The config's `test:` section, and the box convention `data.pixel_offset` (NMS IoU), as
+    keyword arguments of `postprocess.detect`."""
     keys = ("score_threshold", "nms_method", "nms_threshold", "soft_sigma", "soft_min_score",
-            "keep_per_class", "max_per_image", "pixel_offset")
-    return {k: test_cfg[k] for k in keys}
+            "keep_per_class", "max_per_image")
+    kwargs = {k: cfg.test[k] for k in keys}
+    kwargs["pixel_offset"] = bool(cfg.data.pixel_offset)
+    return kwargs
 
 
 def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, width: int,
@@ -51,15 +54,15 @@ def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, widt
     return out
 
 
-def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
+def iterate_detections(detector, dataset, decoder, cfg, timings: dict,
                        policy: InputPolicy | None = None) -> Iterator[tuple[int, int, int, Detections]]:
     """Yield (image_id, height, width, detections in original pixels) for every image.
 
-    decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background)
+    decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background, score factors)
     (src.builder.build_output_decoder). Batches are padded to the dataset's batch size so
     GRAPH mode compiles one shape only.
     """
-    kwargs = detect_kwargs(test_cfg)
+    kwargs = detect_kwargs(cfg)
     batch_size = dataset.data_info.batch_size
     for images, image_ids, sizes in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
         n = images.shape[0]
@@ -73,9 +76,9 @@ def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
         start = time.perf_counter()
         for i in range(n):
             height, width = (int(v) for v in sizes[i])
-            boxes, scores, has_background = decoder([o[i] for o in outputs])
+            boxes, scores, has_background, factors = decoder([o[i] for o in outputs])
             boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
-            dets = detect(boxes, scores, has_background=has_background, **kwargs)
+            dets = detect(boxes, scores, has_background=has_background, score_factors=factors, **kwargs)
             timings["postprocess_s"] += time.perf_counter() - start
             yield int(image_ids[i]), height, width, dets
             start = time.perf_counter()
@@ -91,9 +94,10 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     decoder = build_output_decoder(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
     results, drawn = [], []
-    for image_id, _, _, dets in iterate_detections(detector, dataset, decoder, cfg.test, timings,
+    for image_id, _, _, dets in iterate_detections(detector, dataset, decoder, cfg, timings,
                                                    InputPolicy.from_config(cfg)):
-        results += detections_to_coco(image_id, dets.boxes, dets.scores, dets.labels, info.label_to_cat_id)
+        results += detections_to_coco(image_id, dets.boxes, dets.scores, dets.labels, info.label_to_cat_id,
+                                      pixel_offset=bool(cfg.data.pixel_offset))
         if len(drawn) < draw:
             drawn.append((image_id, dets))
     metrics = evaluate_coco(info.reader.coco, results, out_dir=out_dir)
@@ -103,6 +107,8 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     metrics["num_images"] = timings["images"]
     if info.skipped_images():
         log.warning(info.skip_summary())
+    if info.reader.orientation_summary():
+        log.warning(info.reader.orientation_summary())
     if out_dir is not None:
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics, indent=2)
         if drawn:

@@ -25,7 +25,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 
-from heads.box_coder import SSDBoxCoder
+from heads.box_coder import SSDBoxCoder, decode_graph
 from heads.multibox_head import MultiBoxHead
 from src.builder import build_priors
 from src.data.resize import InputPolicy
@@ -54,8 +54,8 @@ class ExportError(RuntimeError):
 class DecodedDetector(nn.Cell):
     """detector(images) -> (boxes (B, P, 4) normalised corners clipped to [0, 1], scores (B, P, C)).
 
-    The decoding is heads.box_coder.SSDBoxCoder.decode written with graph ops (its `decode_ms`
-    imports inside the function, which graph compilation rejects); tests compare the two.
+    The decoding is `heads.box_coder.decode_graph`, the graph twin of the NumPy decode that
+    evaluation uses (same formula, same log-scale clamp); tests compare the exported file with it.
     """
 
     def __init__(self, detector: nn.Cell, priors: np.ndarray, variances=(0.1, 0.2)):
@@ -66,9 +66,7 @@ class DecodedDetector(nn.Cell):
 
     def construct(self, images):
         loc, scores = self.detector(images)
-        centre = self.priors[:, :2] + loc[..., :2] * self.v0 * self.priors[:, 2:]
-        wh = self.priors[:, 2:] * ops.exp(loc[..., 2:] * self.v1)
-        boxes = ops.concat((centre - wh / 2, centre + wh / 2), axis=-1)
+        boxes = decode_graph(loc, self.priors, self.v0, self.v1)
         return ops.clamp(boxes, 0.0, 1.0), scores
 
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from src.data.coco import _jpeg_truncated, to_bgr8
+from src.data.exif import apply_orientation, jpeg_orientation
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -54,7 +55,8 @@ def decode_image_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     The size is read from the header first (Pillow), so a small file that would decode to a
     huge bitmap is refused before any pixel is decoded; formats Pillow does not know are
     decoded by OpenCV and checked afterwards (OpenCV caps decoding at 2^30 pixels itself).
-    Decoding is OpenCV's, as for files (src/data/coco.read_image).
+    Decoding is OpenCV's, and a JPEG is turned upright by its EXIF orientation, as for files
+    (src/data/coco.read_image).
     """
     if not data:
         raise ImageRejected("empty image data")
@@ -69,4 +71,4 @@ def decode_image_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageRejected(f"image of {image.shape[1]}x{image.shape[0]} pixels exceeds the limit of "
                             f"{max_pixels} pixels", 413)
-    return to_bgr8(image)
+    return to_bgr8(apply_orientation(image, jpeg_orientation(data)))

@@ -46,7 +46,7 @@ class DecodedBoxesDecoder:
 
     def __call__(self, outputs):
         boxes, scores = outputs
-        return boxes, scores, self.has_background
+        return boxes, scores, self.has_background, None
 
 
 def keep_above(dets: Detections, threshold: Optional[float]) -> Detections:
@@ -63,7 +63,8 @@ class Predictor:
     Args:
         cfg: the config the network was built from (input policy, normalisation, `test:` section).
         network: called on a (batch_size, 3, H, W) float32 Tensor, returns a tuple of Tensors.
-        decoder: one image's outputs -> (boxes in [0, 1] of the network input, scores, has_background).
+        decoder: one image's outputs -> (boxes in [0, 1] of the network input, scores, has_background,
+            score factors or None).
         batch_size: the network's batch dimension; shorter batches are padded with zeros.
         description: what the network is (for logs and /health).
     """
@@ -77,7 +78,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.description = description
         self.policy = InputPolicy.from_config(cfg)
-        self.detect_kwargs = detect_kwargs(cfg.test)
+        self.detect_kwargs = detect_kwargs(cfg)
         data = cfg.data
         self._mean = tuple(float(v) for v in data.mean)
         self._std = tuple(float(v) for v in data.std) if data.get("std") is not None else None
@@ -147,8 +148,9 @@ class Predictor:
             outputs = self._run(batch)
             for i, image in enumerate(chunk):
                 height, width = image.shape[:2]
-                boxes, scores, has_background = self.decoder([o[i] for o in outputs])
+                boxes, scores, has_background, factors = self.decoder([o[i] for o in outputs])
                 boxes = to_original_pixels(boxes, self.policy, height, width, clip=True)
-                dets = detect(boxes, scores, has_background=has_background, **self.detect_kwargs)
+                dets = detect(boxes, scores, has_background=has_background, score_factors=factors,
+                              **self.detect_kwargs)
                 results.append(keep_above(dets, score_threshold))
         return results
