@@ -2,7 +2,6 @@
 dataset stays byte-identical to the generator before the option existed."""
 import hashlib
 import json
-import os
 
 import cv2
 import numpy as np

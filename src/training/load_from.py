@@ -32,7 +32,8 @@ class LoadFromReport:
 
     def summary(self) -> str:
         return (f"{len(self.loaded)} tensors loaded, {len(self.reinitialised)} class-dependent tensors "
-                f"re-initialised, {len(self.left_out)} file entries left out")
+                f"re-initialised, {len(self.left_out)} file entries left out (optimizer state, metadata, the "
+                f"file's own class layers)")
 
 
 def class_dependent_names(cfg, detector: nn.Cell) -> set:
