@@ -4,18 +4,21 @@ For the multibox head and every dense head on MLFPN, and one dense head on a Res
 matching tensors equal the file's after loading, the class-dependent layers keep a fresh
 network's initialisation (sigmoid heads: bias = -log(99), the focal prior; multibox: zero
 bias) and differ from the file, the counts add up, and a file of another architecture is
-refused naming the first mismatching layer."""
+refused naming the first mismatching layer. Also from a convert.py file (mmdetection GFL)."""
 import math
 import os
 
 import mindspore as ms
 import numpy as np
 import pytest
+import torch
 
 from m2det.builder import build_detector
 from src.config import load_config
+from src.convert import convert_mmdet
 from src.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from src.training.load_from import class_dependent_names, load_pretrained
+from tests.test_convert_mmdet import mmdet_state, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
@@ -128,3 +131,21 @@ def test_extra_layers_in_the_file_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'backbone\.layer3\.6\.[\w.]+' in the file "
                                               r"is a layer the network does not have"):
         load_pretrained(build_detector(cfg), cfg, params, "deep.ckpt")
+
+
+def test_from_a_convert_py_mmdetection_file(tmp_path):
+    """convert.py's output of an mmdetection GFL checkpoint (3 classes) into a 5-class fine-tuning config."""
+    head = "gfl"
+    path, overrides, cfg = tiny(head)
+    pth, out = tmp_path / "mmdet.pth", tmp_path / "converted.ckpt"
+    torch.save({"state_dict": mmdet_state(cfg)}, pth)
+    convert_mmdet(str(pth), cfg, str(out))
+    params = read_checkpoint(str(out))
+    target = load_config(path, overrides + ["model.num_classes=6"])
+    detector = build_detector(target)
+    report = load_pretrained(detector, target, params, str(out))
+    assert sorted(report.reinitialised) == [f"head.{head}_cls.bias", f"head.{head}_cls.weight"]
+    assert len(report.loaded) == len(params) - 2 and sorted(report.left_out) == sorted(report.reinitialised)
+    for p in detector.get_parameters():
+        if p.name not in report.reinitialised:
+            np.testing.assert_array_equal(p.asnumpy(), params[p.name].asnumpy(), err_msg=p.name)
