@@ -147,3 +147,10 @@ def test_load_from_another_architecture_is_refused_before_training(walk, tmp_pat
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'backbone\.conv1\.weight'"):
         train(cfg, TrainOptions(output_dir=str(tmp_path / "r")))
     assert not [f for f in os.listdir(tmp_path / "r") if f.endswith(".ckpt")]
+
+
+def test_a_dataset_of_another_class_count_is_refused_before_training(walk, tmp_path):
+    cfg = load_config(TINY, [f"data.root={walk['base'] / 'signs_coco'}", "data.augment=false"])   # 5 vs 3 classes
+    with pytest.raises(TrainingError, match=r"have 3 categories but the model has 5 foreground classes .*"
+                                            r"model\.num_classes=4"):
+        train(cfg, TrainOptions(output_dir=str(tmp_path / "c")))

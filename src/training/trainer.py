@@ -20,11 +20,11 @@ import numpy as np
 
 from m2det.builder import build_detector, build_priors
 from src.data.pipeline import create_train_dataset
+from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
 from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights, read_checkpoint,
                                      restore_training_state, select_resume_checkpoint)
 from src.training.distributed import GracefulStop, weights_digest
-from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
 from src.training.ema import ModelEMA
 from src.training.load_from import load_pretrained
 from src.training.lr_schedule import lr_scale_for, schedule_from_config
@@ -92,6 +92,15 @@ def _resume_point(opts: TrainOptions, manager: CheckpointManager) -> _ResumePoin
     meta = checkpoint_meta(params)
     return _ResumePoint(path, params, int(meta.get("epoch", 0)), int(meta.get("epoch_step", 0)),
                         int(meta.get("step", 0)), int(meta.get("skipped_steps", 0)))
+
+
+def _check_class_count(cfg, info) -> None:
+    """The dataset's categories must be the model's foreground classes (before anything compiles)."""
+    found, expected = len(info.cat_names), cfg.model.num_classes - 1
+    if found != expected:
+        raise TrainingError(f"the training annotations ({cfg.data.train_ann}) have {found} categories but the "
+                            f"model has {expected} foreground classes (model.num_classes {cfg.model.num_classes} "
+                            f"includes the background): set --set model.num_classes={found + 1}")
 
 
 def _refuse_to_overwrite(opts: TrainOptions, manager: CheckpointManager) -> None:
@@ -169,6 +178,7 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
                                    shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed,
                                    start_epoch=start.completed_epochs)
     steps_per_epoch = dataset.data_info.steps_per_epoch
+    _check_class_count(cfg, dataset.data_info)
     model_entries = checkpoint_entries(cfg, dataset_classes(dataset.data_info.label_to_cat_id,
                                                             dataset.data_info.cat_names))
     if is_main:
