@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     from src.inference.images import expand_image_paths
     from src.inference.model_files import class_names, open_model
     from src.inference.names import NamesError
-    from src.model_info import ModelInfoError
+    from src.model_info import ModelInfoError, write_resolved_config
     from src.training.checkpoint import CheckpointError
 
     try:
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
         print(f"inference failed: {exc}", file=sys.stderr)
         return 1
     summary = run(args, predictor, names, paths)
+    write_resolved_config(args.out, cfg)
     failed = sum("error" in r for r in summary)
     boxes = sum(len(r.get("boxes", [])) for r in summary)
     print(f"{len(summary) - failed} images, {boxes} detections (score >= {args.score_threshold}), "

@@ -122,6 +122,7 @@ def test_convert_finetune_evaluate_export_infer_api(walk):
         results = json.load(f)
     labels = {b["label"] for r in results for b in r["boxes"]}
     assert len(results) == 4 and labels and labels <= set(SIGNS)
+    assert os.path.isfile(base / "infer" / "config.yaml")
 
     # the Python API, from the checkpoint and from the MINDIR
     paths = sorted(os.path.join(images, n) for n in os.listdir(images))
