@@ -3,6 +3,8 @@
     python eval.py --config configs/m2det_lite.yaml --checkpoint work_dirs/quickstart/m2det_lite_epoch0030.ckpt \
         --data_dir work_dirs/quickstart/data [--split val] [--output_dir O] [--draw 8]
 
+--config defaults to the config stored in the checkpoint (train.py writes it there).
+
 Writes the COCO results JSON and metrics.json (the 12 COCO numbers, per-class AP, the
 network / post-processing time per image) to the output dir and prints them.
 """
@@ -14,12 +16,12 @@ import logging
 import os
 import sys
 
-from src.config import ConfigError, load_config
+from src.config import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/m2det320_vgg.yaml")
+    p.add_argument("--config", default=None, help="default: the config stored in the checkpoint")
     p.add_argument("--checkpoint", "--checkpoint_path", dest="checkpoint", required=True)
     p.add_argument("--data_dir", "--dataset_path", dest="data_dir", default=None, help="overrides data.root")
     p.add_argument("--split", default="val", choices=["train", "val"])
@@ -37,18 +39,27 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     overrides = list(args.overrides) + ([f"data.root={args.data_dir}"] if args.data_dir else [])
+    from src.model_info import (ModelInfoError, class_names_for, info_from_checkpoint, resolve_config,
+                                write_resolved_config)
+    from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
+
     try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
+        params = read_checkpoint(args.checkpoint)
+        info = info_from_checkpoint(params, args.checkpoint)
+        cfg = resolve_config(info, args.config, overrides)
+        class_names_for(info, cfg.model.num_classes)          # stored names must fit the config
+    except (ConfigError, ModelInfoError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:
+        print(f"evaluation failed: {exc}", file=sys.stderr)
+        return 1
 
     import mindspore as ms
 
     from src.builder import build_detector, build_priors
     from src.evaluation.evaluator import evaluate, format_report
     from src.inference.fast_network import inference_network
-    from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
     from src.training.trainer import set_context
 
     set_context(args.device_target, args.mode)
@@ -56,12 +67,14 @@ def main(argv=None) -> int:
         ms.set_device(args.device_target, args.device_id)
     detector = build_detector(cfg)
     try:
-        load_detector_weights(detector, read_checkpoint(args.checkpoint), args.checkpoint)
+        load_detector_weights(detector, params, args.checkpoint)
     except CheckpointError as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1
+    params = None
     detector = inference_network(detector, cfg.test, args.device_target)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    write_resolved_config(out_dir, cfg)
     try:
         metrics = evaluate(cfg, detector, build_priors(cfg), out_dir=out_dir, split=args.split,
                            batch_size=args.batch_size, draw=args.draw)

@@ -22,7 +22,7 @@ import sys
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default=None, help="default: the config stored in the checkpoint")
     p.add_argument("--checkpoint", "--ckpt_file", dest="checkpoint", required=True)
     p.add_argument("--file_format", default="MINDIR", type=str.upper, choices=["MINDIR", "ONNX"])
     p.add_argument("--out", "--file_name", dest="out", required=True, help="output file (suffix added if missing)")
@@ -38,30 +38,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
-    from src.config import ConfigError, load_config
+    from src.config import ConfigError
+    from src.model_info import ModelInfoError, class_names_for, info_from_checkpoint, resolve_config
+    from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
 
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        params = read_checkpoint(args.checkpoint)
+        info = info_from_checkpoint(params, args.checkpoint)
+        cfg = resolve_config(info, args.config, args.overrides)
+        class_names_for(info, cfg.model.num_classes)          # stored names must fit the config
+    except (ConfigError, ModelInfoError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
 
     import mindspore as ms
 
     from src.builder import build_detector
     from src.export import ExportError, export_detector
-    from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
 
     ms.set_context(device_target=args.device_target)
     detector = build_detector(cfg)
     try:
-        load_detector_weights(detector, read_checkpoint(args.checkpoint), args.checkpoint)
+        load_detector_weights(detector, params, args.checkpoint)
         meta = export_detector(detector, cfg, args.out, args.file_format, args.batch_size, args.with_decode,
-                               verify=args.verify, config_path=args.config)
+                               verify=args.verify, config_path=args.config or "", classes=info.classes)
     except (CheckpointError, ExportError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(meta, indent=2))
+    print(json.dumps({k: v for k, v in meta.items() if k != "resolved_config"}, indent=2))
     return 0
 
 

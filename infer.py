@@ -8,7 +8,9 @@ holds {"boxes": [{"box": {"topX", "topY", "bottomX", "bottomY"}, "label", "score
 coordinates as fractions of the image size, and OUT/<name>.jpg the image with the boxes drawn;
 OUT/results.json lists every image in input order, with "error" for images that could not be read
 (the run goes on). Class names: --names (text file, one per line, or JSON list) or --ann (COCO
-annotations, categories sorted by id), else class_0, class_1, ... (dataset labels).
+annotations, categories sorted by id), else the names stored with the model (checkpoints written by
+train.py, MINDIRs by export.py), else class_0, class_1, ... (dataset labels). --config defaults to the
+config stored with the model.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import sys
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default=None, help="default: the config stored in the checkpoint / MINDIR sidecar")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="MindSpore checkpoint of the config's network")
     model.add_argument("--mindir", help="MINDIR written by export.py (its .json description is read too)")
@@ -95,28 +97,32 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    from src.config import ConfigError, load_config
+    from src.config import ConfigError
+    from src.inference.images import expand_image_paths
+    from src.inference.model_files import class_names, open_model
+    from src.inference.names import NamesError
+    from src.model_info import ModelInfoError, write_resolved_config
+    from src.training.checkpoint import CheckpointError
 
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        cfg, info = open_model(args.checkpoint or args.mindir, args.config, args.overrides)
+    except (ConfigError, ModelInfoError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from src.inference.images import expand_image_paths
-    from src.inference.names import NamesError, load_class_names
-
+    except CheckpointError as exc:
+        print(f"inference failed: {exc}", file=sys.stderr)
+        return 1
     paths = expand_image_paths(args.images)
     if not paths:
         print(f"no images found for --images {args.images}", file=sys.stderr)
         return 2
     try:
-        names = load_class_names(cfg.model.num_classes, args.names, args.ann)
-    except NamesError as exc:
+        names = class_names(cfg, info, args.names, args.ann)
+    except (NamesError, ModelInfoError) as exc:
         print(f"class names: {exc}", file=sys.stderr)
         return 2
 
     from src.inference import Predictor, PredictorError
-    from src.training.checkpoint import CheckpointError
     from src.training.trainer import set_context
 
     set_context(args.device_target, args.mode)
@@ -129,6 +135,7 @@ def main(argv=None) -> int:
         print(f"inference failed: {exc}", file=sys.stderr)
         return 1
     summary = run(args, predictor, names, paths)
+    write_resolved_config(args.out, cfg)
     failed = sum("error" in r for r in summary)
     boxes = sum(len(r.get("boxes", [])) for r in summary)
     print(f"{len(summary) - failed} images, {boxes} detections (score >= {args.score_threshold}), "

@@ -21,7 +21,7 @@ import sys
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default=None, help="default: the config stored in the checkpoint / MINDIR sidecar")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--mindir", help="MINDIR written by export.py")
     model.add_argument("--checkpoint", help="MindSpore checkpoint of the config's network")
@@ -45,22 +45,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    from src.config import ConfigError, load_config
+    from src.config import ConfigError
+    from src.inference.model_files import class_names, open_model
+    from src.model_info import ModelInfoError
+    from src.training.checkpoint import CheckpointError
 
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        cfg, info = open_model(args.checkpoint or args.mindir, args.config, args.overrides)
+    except (ConfigError, ModelInfoError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:
+        print(f"cannot serve: {exc}", file=sys.stderr)
+        return 1
     from src.inference import Predictor, PredictorError
-    from src.inference.names import NamesError, load_class_names
+    from src.inference.names import NamesError
     from src.inference.server import Limits, make_server
-    from src.training.checkpoint import CheckpointError
     from src.training.trainer import set_context
 
     try:
-        names = load_class_names(cfg.model.num_classes, args.names, args.ann)
-    except NamesError as exc:
+        names = class_names(cfg, info, args.names, args.ann)
+    except (NamesError, ModelInfoError) as exc:
         print(f"class names: {exc}", file=sys.stderr)
         return 2
     set_context(args.device_target, args.mode)

@@ -8,6 +8,9 @@ per device with --run_distribute; see docs/DISTRIBUTED.md.
 
     --resume auto            continue from the newest readable checkpoint in the output dir
     --resume PATH            continue from PATH
+    --load_from CKPT         start a new run from a whole detector (ours or convert.py's), e.g. one trained
+                             on COCO: matching tensors load, the class layers are re-initialised
+    --overwrite              a fresh run may replace checkpoints already in --output_dir
     SIGTERM / SIGINT         finish the step, save a checkpoint, exit with 128 + signal
 
 The reference's flag names are kept as aliases: --dataset_path, --pretrained_backbone,
@@ -37,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=None, help="per-device batch, overrides train.batch_size")
     p.add_argument("--output_dir", default=None, help="default: work_dirs/<config name>")
     p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' (newest in output_dir)")
+    p.add_argument("--load_from", default=None,
+                   help="whole-detector checkpoint to start a new run from (train.load_from); not with --resume")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a fresh run even if --output_dir holds checkpoints of this config (replacing them)")
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
     p.add_argument("--run_distribute", action="store_true",
                    help="data-parallel over all launched workers (msrun / mpirun; see docs/DISTRIBUTED.md)")
@@ -56,7 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    if args.resume and args.load_from:
+        print("--resume continues a run and --load_from starts a new one: give one of them", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
+    if args.load_from:
+        overrides.append(f"train.load_from={args.load_from}")
     if args.data_dir:
         overrides.append(f"data.root={args.data_dir}")
     if args.epochs is not None:
@@ -101,7 +113,7 @@ def main(argv=None) -> int:
     output_dir = args.output_dir or os.path.join("work_dirs", cfg.config_name)
     opts = TrainOptions(output_dir=output_dir, backbone_ckpt=args.backbone_ckpt, resume=args.resume,
                         device_target=args.device_target, mode=args.mode, rank=dist.rank,
-                        group_size=dist.group_size)
+                        group_size=dist.group_size, overwrite=args.overwrite)
     try:
         summary = train(cfg, opts)
     except TrainingInterrupted as exc:

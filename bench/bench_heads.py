@@ -76,7 +76,7 @@ def bench_head(name: str, args) -> dict:
     sets = ["--set", *args.overrides] if args.overrides else []
     start = time.perf_counter()
     _run([sys.executable, "train.py", "--config", config, "--data_dir", args.data_dir, "--device_target", "CPU",
-          "--epochs", str(args.epochs), "--output_dir", out, *sets], os.path.join(out, "train.log"))
+          "--epochs", str(args.epochs), "--output_dir", out, "--overwrite", *sets], os.path.join(out, "train.log"))
     train_s = time.perf_counter() - start
     ckpt = sorted(f for f in os.listdir(out) if f.endswith(".ckpt"))[-1]
     _run([sys.executable, "eval.py", "--config", config, "--checkpoint", os.path.join(out, ckpt),

@@ -57,7 +57,7 @@ def run_cpu(workers: int, args, data_dir: str, work: str) -> dict:
     epochs = max(1, -(-(args.steps + args.warmup) // steps_per_epoch))
     cmd = ["bash", os.path.join(ROOT, "scripts", "run_distributed_train_gpu.sh"),
            "--master_port", str(random.randint(20000, 60000)), str(workers), "0", "none", data_dir, args.config,
-           "--epochs", str(epochs), "--batch_size", str(args.batch), "--output_dir", out,
+           "--epochs", str(epochs), "--batch_size", str(args.batch), "--output_dir", out, "--overwrite",
            "--set", "train.log_every=1", "train.save_every=100000", "train.warmup_epochs=0",
            "train.lr_steps=[]", "train.lr_multipliers=[]"]
     start = time.perf_counter()

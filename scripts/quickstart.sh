@@ -18,7 +18,8 @@ if [ "$(cat "$DATA/.generated_with" 2>/dev/null)" != "$GEN_ARGS" ]; then
   python -m src.data.synthetic --out "$DATA" $GEN_ARGS
   echo "$GEN_ARGS" > "$DATA/.generated_with"
 fi
-python train.py --config "$CONFIG" --data_dir "$DATA" --device_target CPU --output_dir "$OUT" "$@"
+# --overwrite: running the quickstart again starts it again (train.py refuses to replace a run otherwise)
+python train.py --config "$CONFIG" --data_dir "$DATA" --device_target CPU --output_dir "$OUT" --overwrite "$@"
 CKPT=$(ls -1 "$OUT"/*_epoch*.ckpt | sort | tail -n 1)
 python eval.py --config "$CONFIG" --checkpoint "$CKPT" --data_dir "$DATA" --device_target CPU \
   --output_dir "$OUT/eval" --draw 8

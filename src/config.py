@@ -181,3 +181,23 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
     cfg = _to_config(cfg)
     cfg["config_name"] = os.path.splitext(os.path.basename(path))[0]
     return cfg
+
+
+def config_from_dict(data: dict, name: str, overrides: Iterable[str] = (), source: str = "stored config") -> Config:
+    """A config from an already resolved mapping (as stored in a checkpoint or an export sidecar),
+    checked against the schema like a file; `name` becomes `config_name`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the stored config must be a mapping, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k != "config_name"}
+    schema = load_schema()
+    cfg = apply_overrides(_merge(schema, data, source, schema), overrides, schema)
+    cfg = _to_config(cfg)
+    cfg["config_name"] = name
+    return cfg
+
+
+def config_to_yaml(cfg: dict) -> str:
+    """The resolved config as YAML text (without `config_name`), readable by config_from_dict."""
+    plain = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    plain.pop("config_name", None)
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)

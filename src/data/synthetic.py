@@ -17,6 +17,14 @@ stand out from the local background; sizes are log-uniform from `min_size` (12 p
 none); images are 240-480 px per side with textured, noisy backgrounds. Later objects may
 partly cover earlier ones, but every object keeps at least `min_visible` of its pixels.
 
+A second, different dataset (`--kind signs`, for fine-tuning experiments) has three other object
+kinds on other backgrounds (checkerboard tiles in warm tones instead of blobs, gradients and
+stripes):
+
+    1 diamond   2 hexagon   3 arrow
+
+The default (`--kind shapes`) is unchanged byte for byte.
+
 Boxes are the exact pixel extent of the shape as rendered (before noise and JPEG), i.e.
 [x, y, w, h] with x = leftmost painted column and w = rightmost - leftmost + 1.
 Generation is deterministic: image k of a split is drawn from
@@ -38,6 +46,8 @@ import numpy as np
 CATEGORIES = [  # (COCO id, name); ids are non-contiguous on purpose
     (1, "circle"), (2, "rectangle"), (4, "triangle"), (5, "star"), (7, "cross"),
 ]
+SIGN_CATEGORIES = [(1, "diamond"), (2, "hexagon"), (3, "arrow")]
+KINDS = {"shapes": CATEGORIES, "signs": SIGN_CATEGORIES}
 # saturated BGR colours; backgrounds are muted, so at least one always contrasts
 PALETTE = np.array([
     (40, 40, 220), (50, 190, 50), (220, 80, 30), (30, 220, 230), (200, 40, 200),
@@ -60,6 +70,7 @@ class SyntheticConfig:
     min_visible: float = 0.6     # fraction of an object's pixels that must stay visible
     flat_background: bool = False  # one flat colour, no texture or noise (for pixel tests)
     jpeg_quality: int = 92
+    kind: str = "shapes"         # shapes (default dataset) | signs (other objects, tiled backgrounds)
 
 
 # ---------------------------------------------------------------------- shapes
@@ -96,6 +107,18 @@ def shape_polygon(name: str, size: float, rng: np.random.Generator) -> np.ndarra
         pts = np.array([[-a, -r], [a, -r], [a, -a], [r, -a], [r, a], [a, a],
                         [a, r], [-a, r], [-a, a], [-r, a], [-r, -a], [-a, -a]])
         return _rotate(pts, rng.uniform(0, np.pi / 2))
+    if name == "diamond":
+        aspect = rng.uniform(0.5, 0.9)          # a rhombus, taller than wide
+        return _rotate(np.array([[0, -r], [r * aspect, 0], [0, r], [-r * aspect, 0]]), rng.uniform(-0.3, 0.3))
+    if name == "hexagon":
+        t = np.arange(6) * np.pi / 3
+        return _rotate(np.stack([r * np.cos(t), r * np.sin(t)], axis=1), rng.uniform(0, np.pi / 3))
+    if name == "arrow":
+        shaft, head = r * rng.uniform(0.2, 0.3), r * rng.uniform(0.45, 0.6)
+        neck = r * rng.uniform(0.0, 0.3)
+        pts = np.array([[-r, -shaft], [neck, -shaft], [neck, -head], [r, 0], [neck, head], [neck, shaft],
+                        [-r, shaft]])
+        return _rotate(pts, rng.uniform(0, 2 * np.pi))
     raise ValueError(f"unknown shape '{name}'")
 
 
@@ -148,6 +171,18 @@ def render_background(rng: np.random.Generator, height: int, width: int,
     return image
 
 
+def render_tiled_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """The `signs` dataset's background: a checkerboard of two warm muted tones with soft noise."""
+    cell = int(rng.integers(12, 64))
+    warm = np.array([0.75, 0.95, 1.15], dtype=np.float32)      # BGR: more red than blue
+    a = np.clip(rng.uniform(80, 170) * warm + rng.uniform(-15, 15, 3), 0, 255).astype(np.float32)
+    b = np.clip(a + rng.choice([-1.0, 1.0]) * rng.uniform(15, 35), 0, 255).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    checker = ((yy // cell + xx // cell) % 2).astype(bool)
+    image = np.where(checker[..., None], a, b).astype(np.float32)
+    return image + rng.uniform(5, 20) * _smooth_noise(rng, height, width, int(rng.integers(3, 8)))
+
+
 # ---------------------------------------------------------------------- images
 
 def render_synthetic_image(rng: np.random.Generator, cfg: Optional[SyntheticConfig] = None
@@ -160,7 +195,10 @@ def render_synthetic_image(rng: np.random.Generator, cfg: Optional[SyntheticConf
     cfg = cfg or SyntheticConfig()
     width = int(rng.integers(cfg.min_side, cfg.max_side + 1))
     height = int(rng.integers(cfg.min_side, cfg.max_side + 1))
-    image = render_background(rng, height, width, cfg.flat_background)
+    if cfg.kind == "shapes" or cfg.flat_background:
+        image = render_background(rng, height, width, cfg.flat_background)
+    else:
+        image = render_tiled_background(rng, height, width)
     background_mean = cv2.blur(image, (31, 31)) if not cfg.flat_background else image
 
     num_objects = 0 if rng.random() < cfg.empty_prob else int(rng.integers(1, cfg.max_objects + 1))
@@ -184,8 +222,9 @@ def _place_object(rng, cfg, image, background_mean, owner, full_pixels, visible,
                   max_tries: int = 10) -> Optional[dict]:
     """Try a few random positions for one random shape; paint it and return its record."""
     height, width = owner.shape
-    cls = int(rng.integers(len(CATEGORIES)))
-    cat_id, name = CATEGORIES[cls]
+    categories = KINDS[cfg.kind]
+    cls = int(rng.integers(len(categories)))
+    cat_id, name = categories[cls]
     size = math.exp(rng.uniform(math.log(cfg.min_size), math.log(max_size)))
     outline = 0
     if rng.random() < cfg.outline_prob:
@@ -265,10 +304,10 @@ def _write_split(out_dir: str, split: str, num_images: int, seed: int, cfg: Synt
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
     data = {
-        "info": {"description": f"synthetic shapes, split {split}, seed {seed}"},
+        "info": {"description": f"synthetic {cfg.kind}, split {split}, seed {seed}"},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES],
+        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in KINDS[cfg.kind]],
     }
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
@@ -286,6 +325,8 @@ def make_synthetic_coco(out_dir: str, num_train: int, num_val: int, seed: int = 
     instances_{split}.json + {split}/), so `data.root=OUT` is all a config needs.
     """
     cfg = cfg or SyntheticConfig()
+    if cfg.kind not in KINDS:
+        raise ValueError(f"unknown synthetic dataset kind {cfg.kind!r} (known: {', '.join(KINDS)})")
     paths = {"root": out_dir}
     for split, n in (("train", num_train), ("val", num_val)):
         paths[split] = _write_split(out_dir, split, n, seed, cfg)
@@ -298,6 +339,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--train", type=int, default=400, help="number of training images")
     parser.add_argument("--val", type=int, default=100, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", default="shapes", choices=sorted(KINDS),
+                        help="shapes (the default dataset) or signs (3 other object kinds, other backgrounds)")
     defaults = SyntheticConfig()
     parser.add_argument("--min-size", type=float, default=defaults.min_size,
                         help="smallest object side in pixels (default %(default)s)")
@@ -307,7 +350,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--max-side", type=int, default=defaults.max_side, help="largest image side")
     args = parser.parse_args(argv)
     cfg = SyntheticConfig(min_size=args.min_size, max_size_frac=args.max_size_frac,
-                          min_side=args.min_side, max_side=args.max_side)
+                          min_side=args.min_side, max_side=args.max_side, kind=args.kind)
     paths = make_synthetic_coco(args.out, args.train, args.val, args.seed, cfg)
     print(f"wrote {args.train} train / {args.val} val images to {paths['root']}")
 

@@ -32,6 +32,7 @@ from src.data.resize import InputPolicy
 from m2det.cells import refresh_parameter_names
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
+from src.model_info import sidecar_entries
 from src.utils.io import write_json_atomic
 
 log = logging.getLogger("m2det.export")
@@ -212,7 +213,8 @@ def _describe_outputs(detector: nn.Cell, with_decode: bool) -> list[str]:
 
 
 def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR", batch_size: int = 1,
-                    with_decode: bool = False, verify: bool = True, config_path: str = "") -> dict:
+                    with_decode: bool = False, verify: bool = True, config_path: str = "",
+                    classes: list | None = None) -> dict:
     """Export `detector` (weights loaded) to `out`; returns the metadata also written to `out`.json.
 
     With `verify`, the prepared network (BN folded, ops rewritten) is compared with the detector
@@ -220,7 +222,9 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
     to the largest output): above 1e-4 a warning, above 1e-3 an ExportError (see FAIL_TOLERANCE).
     For heads other than multibox, whose `predict` keeps a top-k, the network is compared on the
     head's outputs before `predict` and the file on its output shapes. The measured errors are
-    part of the returned metadata.
+    part of the returned metadata. The sidecar also carries the resolved config and `classes`
+    ([{"id", "name"}] in label order, from the checkpoint; src/model_info.py), so the file needs
+    no --config or --names later.
     """
     file_format = file_format.upper()
     if file_format not in FORMATS:
@@ -279,6 +283,7 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         "rewritten_cells": changes["rewritten"],
         "max_relative_error": {"export_network": prepared_err, "file": file_err},
         "mindspore": ms.__version__,
+        **sidecar_entries(cfg, classes),
     }
     write_json_atomic(out + ".json", meta, indent=2)
     return meta

@@ -5,9 +5,12 @@
     predictor.py  Predictor: images -> detections, from a checkpoint or an exported MINDIR
     results.py    detections -> the JSON entry of one image (normalised corner boxes)
     server.py     the HTTP scoring endpoint (POST /score, GET /health)
+    model_files.py  a checkpoint / MINDIR -> the config and class names it carries
+    api.py        load_detector(path)(images): the one-line Python API
 """
+from src.inference.api import DetectionResult, LoadedDetector, load_detector
 from src.inference.names import load_class_names
 from src.inference.predictor import Predictor, PredictorError
 from src.inference.results import detections_to_entry
 
-__all__ = ["Predictor", "PredictorError", "detections_to_entry", "load_class_names"]
+__all__ = ["DetectionResult", "LoadedDetector", "load_detector", "Predictor", "PredictorError", "detections_to_entry", "load_class_names"]

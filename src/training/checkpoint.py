@@ -9,7 +9,9 @@ A training checkpoint holds
 - `ema.updates`, `loss_scale.value`, `loss_scale.good_steps` when those are in use;
 - metadata: `epoch` (completed epochs), `epoch_step` (batches of epoch `epoch + 1` already
   consumed; 0 at an epoch end), `step` (global step), `global_batch`, `skipped_steps`,
-  `config_name`.
+  `config_name`;
+- what travels with the model (src/model_info.py): `class_names` (JSON: [{"id", "name"}] in label
+  order) and `config` (the resolved config, YAML), both strings.
 
 Names: `{prefix}_epoch{E:04d}.ckpt` after epoch E; `{prefix}_epoch{E:04d}_step{K:06d}.ckpt`
 K batches into epoch E (a periodic `train.save_every_steps` save or a SIGTERM/SIGINT save).

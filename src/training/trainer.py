@@ -20,11 +20,13 @@ import numpy as np
 
 from src.builder import build_detector, build_priors
 from src.data.pipeline import create_train_dataset
+from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
-from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights,
+from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights, read_checkpoint,
                                      restore_training_state, select_resume_checkpoint)
 from src.training.distributed import GracefulStop, weights_digest
 from src.training.ema import ModelEMA
+from src.training.load_from import load_pretrained
 from src.training.lr_schedule import lr_scale_for, schedule_from_config
 from src.training.optimizer import build_optimizer
 from src.training.progress import TrainProgress
@@ -61,6 +63,7 @@ class TrainOptions:
     rank: int = 0
     group_size: int = 1
     progress_bar: bool | None = None
+    overwrite: bool = False        # a fresh run may replace checkpoints already in output_dir
 
 
 def set_context(device_target: str, mode: str, deterministic: bool = False) -> None:
@@ -91,6 +94,26 @@ def _resume_point(opts: TrainOptions, manager: CheckpointManager) -> _ResumePoin
     meta = checkpoint_meta(params)
     return _ResumePoint(path, params, int(meta.get("epoch", 0)), int(meta.get("epoch_step", 0)),
                         int(meta.get("step", 0)), int(meta.get("skipped_steps", 0)))
+
+
+def _check_class_count(cfg, info) -> None:
+    """The dataset's categories must be the model's foreground classes (before anything compiles)."""
+    found, expected = len(info.cat_names), cfg.model.num_classes - 1
+    if found != expected:
+        raise TrainingError(f"the training annotations ({cfg.data.train_ann}) have {found} categories but the "
+                            f"model has {expected} foreground classes (model.num_classes {cfg.model.num_classes} "
+                            f"includes the background): set --set model.num_classes={found + 1}")
+
+
+def _refuse_to_overwrite(opts: TrainOptions, manager: CheckpointManager) -> None:
+    """A fresh run (no resume) must not replace another run's checkpoints unless asked."""
+    if opts.resume or opts.overwrite:
+        return
+    existing = manager.existing()
+    if existing:
+        raise TrainingError(f"{opts.output_dir} already holds checkpoints of this config "
+                            f"({os.path.basename(existing[-1])}, {len(existing)} in all): continue that run with "
+                            f"--resume auto, choose another --output_dir, or pass --overwrite to replace them")
 
 
 def train(cfg, opts: TrainOptions) -> dict:
@@ -134,7 +157,14 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
         log.info("loaded %d backbone tensors from %s", count, opts.backbone_ckpt)
 
     manager = CheckpointManager(opts.output_dir, cfg.config_name, tcfg.keep_checkpoints)
+    _refuse_to_overwrite(opts, manager)
     start = _resume_point(opts, manager)
+    if tcfg.load_from:
+        if start.path is not None:
+            log.info("resuming from %s: train.load_from %s is not used", start.path, tcfg.load_from)
+        else:
+            report = load_pretrained(detector, cfg, read_checkpoint(tcfg.load_from), tcfg.load_from)
+            log.info("load_from %s: %s", tcfg.load_from, report.summary())
     global_batch = tcfg.batch_size * opts.group_size
     if start.epoch_step and int(checkpoint_meta(start.params).get("global_batch", global_batch)) != global_batch:
         # the consumed part of the epoch is not a whole number of the new batches
@@ -148,6 +178,11 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
                                    shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed,
                                    start_epoch=start.completed_epochs)
     steps_per_epoch = dataset.data_info.steps_per_epoch
+    _check_class_count(cfg, dataset.data_info)
+    model_entries = checkpoint_entries(cfg, dataset_classes(dataset.data_info.label_to_cat_id,
+                                                            dataset.data_info.cat_names))
+    if is_main:
+        write_resolved_config(opts.output_dir, cfg)
     if start.path is not None and start.epoch_step == 0:
         start.step = start.completed_epochs * steps_per_epoch
     if is_main and global_batch > RECOMMENDED_MAX_GLOBAL_BATCH:
@@ -192,7 +227,7 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
     def save(epoch: int, epoch_step: int = 0) -> str:
         path = manager.save(epoch, detector, optimizer, epoch_step=epoch_step, ema=ema, extra=extra,
                             step=progress.global_step, global_batch=global_batch, skipped_steps=skipped,
-                            config_name=cfg.config_name)
+                            config_name=cfg.config_name, **model_entries)
         saved.append(path)
         log.info("saved %s", path)
         return path
