@@ -17,7 +17,7 @@ from typing import Iterator
 import mindspore as ms
 import numpy as np
 
-from src.data.pipeline import create_test_dataset
+from src.data.pipeline import NOT_READ, create_test_dataset
 from src.data.resize import InputPolicy
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
 from src.postprocess import Detections, detect, scale_boxes
@@ -50,12 +50,14 @@ def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, widt
 
 
 def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
-                       policy: InputPolicy | None = None) -> Iterator[tuple[int, int, int, Detections]]:
-    """Yield (image_id, height, width, detections in original pixels) for every image.
+                       policy: InputPolicy | None = None,
+                       not_read: list | None = None) -> Iterator[tuple[int, int, int, Detections]]:
+    """Yield (image_id, height, width, detections in original pixels) for every image read.
 
     decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background)
     (m2det.builder.build_output_decoder). Batches are padded to the dataset's batch size so
-    GRAPH mode compiles one shape only.
+    GRAPH mode compiles one shape only. Images the pipeline could not read (size NOT_READ)
+    yield nothing: their ids are appended to `not_read`.
     """
     kwargs = detect_kwargs(test_cfg)
     batch_size = dataset.data_info.batch_size
@@ -71,13 +73,17 @@ def iterate_detections(detector, dataset, decoder, test_cfg, timings: dict,
         start = time.perf_counter()
         for i in range(n):
             height, width = (int(v) for v in sizes[i])
+            if (height, width) == NOT_READ:
+                if not_read is not None:
+                    not_read.append(int(image_ids[i]))
+                continue
             boxes, scores, has_background = decoder([o[i] for o in outputs])
             boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
             dets = detect(boxes, scores, has_background=has_background, **kwargs)
             timings["postprocess_s"] += time.perf_counter() - start
             yield int(image_ids[i]), height, width, dets
             start = time.perf_counter()
-        timings["images"] += n
+        timings["images"] += n - int(np.count_nonzero(np.all(sizes[:n] == 0, axis=1)))
 
 
 def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "val", batch_size: int = 1,
@@ -90,19 +96,30 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
 
     decoder = build_output_decoder(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
-    results, drawn = [], []
+    results, drawn, evaluated, not_read = [], [], [], []
     for image_id, _, _, dets in iterate_detections(detector, dataset, decoder, cfg.test, timings,
-                                                   InputPolicy.from_config(cfg)):
+                                                   InputPolicy.from_config(cfg), not_read):
+        evaluated.append(image_id)
         results += detections_to_coco(image_id, dets.boxes, dets.scores, dets.labels, info.label_to_cat_id)
         if len(drawn) < draw:
             drawn.append((image_id, dets))
-    metrics = evaluate_coco(info.reader.coco, results, out_dir=out_dir)
+    if not_read:
+        # the pipeline's flags can be process-local (spawned workers): the ids are the record
+        log.warning("evaluation: %d of %d images could not be read and are left out of the scores "
+                    "(their objects count neither as found nor as missed): %s", len(not_read),
+                    len(not_read) + len(evaluated), info.skip_summary() or f"image ids {sorted(not_read)[:10]}")
+    if not evaluated:
+        raise ValueError(f"no image of the {split} split in {info.reader.image_dir} could be read: "
+                         f"{info.skip_summary()}")
+    # only the images read are scored: an unread image has no detections, not bad ones
+    metrics = evaluate_coco(info.reader.coco, results, out_dir=out_dir,
+                            img_ids=evaluated if not_read else None)
     images = max(timings["images"], 1)
     metrics["network_ms_per_image"] = 1000 * timings["network_s"] / images
     metrics["postprocess_ms_per_image"] = 1000 * timings["postprocess_s"] / images
     metrics["num_images"] = timings["images"]
-    if info.skipped_images():
-        log.warning(info.skip_summary())
+    metrics["skipped_images"] = len(not_read)
+    metrics["skipped_image_ids"] = sorted(not_read)
     if out_dir is not None:
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics, indent=2)
         if drawn:
@@ -136,4 +153,7 @@ def format_report(metrics: dict) -> str:
     lines.append(f"time per image: network {metrics['network_ms_per_image']:.1f} ms + "
                  f"post-processing {metrics['postprocess_ms_per_image']:.1f} ms "
                  f"({metrics['num_images']} images)")
+    if metrics.get("skipped_images"):
+        lines.append(f"{metrics['skipped_images']} unreadable image(s) left out of the scores: "
+                     f"ids {metrics['skipped_image_ids'][:10]}")
     return "\n".join(lines)
