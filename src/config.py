@@ -33,10 +33,9 @@ class ConfigError(ValueError):
 # YAML 1.1 (PyYAML) reads `1e-3` as a string: its floats need a dot and a signed exponent
 FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
-# smallest sensible value of keys where a smaller one fails far from the config
+# smallest sensible value of keys where a smaller one fails far from the config (model keys are
+# checked by m2det.builder.check_config)
 MINIMUM = {
-    "model.num_classes": 2,          # background + at least one category
-    "model.input_size": 1,
     "train.epochs": 1,
     "train.batch_size": 1,
     "train.save_every": 1,
