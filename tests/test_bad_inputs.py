@@ -13,6 +13,7 @@ import pytest
 from mindspore import nn
 
 import eval as eval_cli
+import export as export_cli
 import train as train_cli
 from m2det.builder import build_detector, build_priors
 from src.config import ConfigError, load_config
@@ -247,6 +248,9 @@ def test_gpu_without_a_gpu_says_what_is_missing(data_dir, capsys):
                           "--device_target", "GPU", "--mode", "pynative"])
     err = capsys.readouterr().err
     assert code == 1 and "no usable GPU" in err and "Traceback" not in err
+    code = export_cli.main(["--config", TINY, "--checkpoint", "x.ckpt", "--out", "x.mindir", "--device_target", "GPU"])
+    assert code == 1 and "CUDA 11.1 or 11.6" in capsys.readouterr().err
+    assert ms.get_context("device_target") == "CPU"
 
 
 @pytest.mark.skipif(ms.hal.is_available("Ascend"), reason="a usable Ascend NPU is present")
