@@ -17,6 +17,7 @@ import os
 import sys
 
 from src.config import ConfigError
+from src.utils.cli_args import non_negative_int, positive_int
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,11 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_dir", "--dataset_path", dest="data_dir", default=None, help="overrides data.root")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    p.add_argument("--device_id", type=int, default=None)
+    p.add_argument("--device_id", type=non_negative_int, default=None)
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
-    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--batch_size", type=positive_int, default=1)
     p.add_argument("--output_dir", default=None, help="default: <checkpoint dir>/eval")
-    p.add_argument("--draw", type=int, default=0, help="write this many pictures with detections")
+    p.add_argument("--draw", type=non_negative_int, default=0, help="write this many pictures with detections")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
@@ -60,9 +61,13 @@ def main(argv=None) -> int:
     from src.builder import build_detector, build_priors
     from src.evaluation.evaluator import evaluate, format_report
     from src.inference.fast_network import inference_network
-    from src.training.trainer import set_context
+    from src.training.trainer import DeviceUnavailable, set_context
 
-    set_context(args.device_target, args.mode)
+    try:
+        set_context(args.device_target, args.mode)
+    except DeviceUnavailable as exc:
+        print(f"evaluation failed: {exc}", file=sys.stderr)
+        return 1
     if args.device_id is not None and args.device_target != "CPU":
         ms.set_device(args.device_target, args.device_id)
     detector = build_detector(cfg)

@@ -58,7 +58,13 @@ def main(argv=None) -> int:
 
     from src.builder import build_detector
     from src.export import ExportError, export_detector
+    from src.training.trainer import DeviceUnavailable, check_device
 
+    try:
+        check_device(args.device_target)
+    except DeviceUnavailable as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
     ms.set_context(device_target=args.device_target)
     detector = build_detector(cfg)
     try:

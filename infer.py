@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from src.utils.cli_args import fraction, positive_int
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--mindir", help="MINDIR written by export.py (its .json description is read too)")
     p.add_argument("--images", required=True, help="image file, folder or glob pattern")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch_size", type=int, default=1, help="with --checkpoint (a MINDIR has its own)")
-    p.add_argument("--score_threshold", type=float, default=0.3, help="keep detections scoring at least this")
+    p.add_argument("--batch_size", type=positive_int, default=1, help="with --checkpoint (a MINDIR has its own)")
+    p.add_argument("--score_threshold", type=fraction, default=0.3, help="keep detections scoring at least this")
     names = p.add_mutually_exclusive_group()
     names.add_argument("--names", help="class names: text file (one per line) or JSON list")
     names.add_argument("--ann", help="COCO annotation file whose categories name the classes")
@@ -55,7 +57,7 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
     import cv2
     from tqdm import tqdm
 
-    from src.data.coco import read_image
+    from src.data.coco import SKIP_REASONS, load_image_file
     from src.inference import detections_to_entry
     from src.utils.io import write_json_atomic
     from src.visualize import draw_detections
@@ -66,15 +68,15 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
     step = predictor.batch_size
     for start in range(0, len(paths), step):
         chunk = paths[start:start + step]
-        loaded = [(p, read_image(p)) for p in chunk]
-        good = [(p, image) for p, image in loaded if image is not None]
+        loaded = {p: load_image_file(p) for p in chunk}
+        good = [(p, image) for p, (image, _) in loaded.items() if image is not None]
         detections = dict(zip((p for p, _ in good),
                               predictor.predict([image for _, image in good], args.score_threshold)))
         images = dict(good)
         for path in chunk:
             stem = _unique_stem(path, used)
             if path not in images:
-                error = "unreadable image (missing, corrupt, truncated or not an image)"
+                error = f"unreadable image ({SKIP_REASONS[loaded[path][1]]} file)"
                 write_json_atomic(os.path.join(args.out, stem + ".json"), {"boxes": [], "error": error})
                 summary.append({"image": path, "error": error})
                 logging.warning("%s: %s", path, error)
@@ -123,9 +125,13 @@ def main(argv=None) -> int:
         return 2
 
     from src.inference import Predictor, PredictorError
-    from src.training.trainer import set_context
+    from src.training.trainer import DeviceUnavailable, set_context
 
-    set_context(args.device_target, args.mode)
+    try:
+        set_context(args.device_target, args.mode)
+    except DeviceUnavailable as exc:
+        print(f"inference failed: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.checkpoint:
             predictor = Predictor.from_checkpoint(cfg, args.checkpoint, args.batch_size)

@@ -25,6 +25,7 @@ import os
 import sys
 
 from src.config import ConfigError, load_config
+from src.utils.cli_args import non_negative_int, positive_int
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,9 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone_ckpt", "--pretrained_backbone", dest="backbone_ckpt", default=None,
                    help="MindSpore ckpt of the backbone (from convert.py); omit to train from scratch")
     p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    p.add_argument("--device_id", type=int, default=None, help="device index (single-device runs)")
-    p.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
-    p.add_argument("--batch_size", type=int, default=None, help="per-device batch, overrides train.batch_size")
+    p.add_argument("--device_id", type=non_negative_int, default=None, help="device index (single-device runs)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="overrides train.epochs")
+    p.add_argument("--batch_size", type=positive_int, default=None, help="per-device batch, overrides train.batch_size")
     p.add_argument("--output_dir", default=None, help="default: work_dirs/<config name>")
     p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' (newest in output_dir)")
     p.add_argument("--load_from", default=None,
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="scale lr linearly with the global batch (train.scale_lr, train.base_batch_size)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels on GPU/Ascend (train.deterministic)")
-    p.add_argument("--cpu_threads", type=int, default=None,
+    p.add_argument("--cpu_threads", type=positive_int, default=None,
                    help="CPU kernel threads per process (several CPU workers on one machine: cores / workers)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.lr=0.01 model.neck.num_levels=4")
@@ -90,9 +91,14 @@ def main(argv=None) -> int:
 
     from src.training.checkpoint import CheckpointError
     from src.training.distributed import DistInfo, init_distributed, local_rank_from_env
-    from src.training.trainer import TrainingError, TrainingInterrupted, TrainOptions, set_context, train
+    from src.training.trainer import (DeviceUnavailable, TrainingError, TrainingInterrupted, TrainOptions,
+                                      set_context, train)
 
-    set_context(args.device_target, args.mode, cfg.train.deterministic)
+    try:
+        set_context(args.device_target, args.mode, cfg.train.deterministic)
+    except DeviceUnavailable as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 1
     if args.cpu_threads:
         ms.device_context.cpu.op_tuning.threads_num(args.cpu_threads)
     dist = DistInfo()

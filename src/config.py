@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Iterable
 
 import yaml
@@ -27,6 +28,27 @@ SCHEMA_FILE = os.path.join(CONFIG_DIR, "base.yaml")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string: its floats need a dot and a signed exponent
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+# smallest sensible value of keys where a smaller one fails far from the config (model keys are
+# checked by src.builder.check_config)
+MINIMUM = {
+    "train.epochs": 1,
+    "train.batch_size": 1,
+    "train.save_every": 1,
+    "train.log_every": 1,
+    "train.keep_checkpoints": 1,
+    "train.base_batch_size": 1,
+    "data.num_workers": 0,
+    "train.save_every_steps": 0,
+    "train.eval_every": 0,
+    "train.lr": 0.0,
+    "train.weight_decay": 0.0,
+    "train.warmup_epochs": 0.0,
+}
 
 
 class Config(dict):
@@ -89,6 +111,8 @@ def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -104,6 +128,12 @@ def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
         f"{source}: key '{key}' must be {_type_name(default)} (like the default {default!r}), "
         f"got {_type_name(value)} {value!r}"
     )
+
+
+def _check_minimum(key: str, value: Any, source: str) -> None:
+    low = MINIMUM.get(key)
+    if low is not None and isinstance(value, (int, float)) and value < low:
+        raise ConfigError(f"{source}: key '{key}' must be >= {low}, got {value!r}")
 
 
 def _merge(base: dict, child: dict, source: str, schema: dict | None, prefix: str = "") -> dict:
@@ -123,6 +153,7 @@ def _merge(base: dict, child: dict, source: str, schema: dict | None, prefix: st
         else:
             if schema is not None:
                 value = _check_type(full, value, sub_schema, source)
+                _check_minimum(full, value, source)
             out[key] = copy.deepcopy(value)
     return out
 

@@ -262,12 +262,26 @@ class NotATensor:
     """A custom class: unpickling it would need code from this module."""
 
 
+class RunsACommand:
+    """Unpickling this calls os.system: the classic hostile pickle."""
+
+    def __reduce__(self):
+        return (os.system, ("echo unpickled",))
+
+
 def test_pickles_that_need_code_are_refused(tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"0.weight": torch.zeros(2)}, "payload": NotATensor()}, evil)
     assert convert.main(["--backbone_path", str(evil)]) == 1
     err = capsys.readouterr().err
-    assert "refused to load" in err and "NotATensor" in err and "weights_only" in err
+    assert "refused to load" in err and "unpickling it would run code" in err and "NotATensor" in err
+    assert "weights_only" not in err       # never the advice to load it unsafely
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"w": torch.zeros(2), "payload": RunsACommand()}, hostile)
+    assert convert.main(["--backbone_path", str(hostile)]) == 1
+    err = capsys.readouterr().err
+    assert "refused to load" in err and "unpickling it would run code (posix.system)" in err
+    assert "weights_only" not in err and "corrupt" not in err and "Traceback" not in err
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
     assert convert.main(["--backbone_path", str(junk)]) == 1

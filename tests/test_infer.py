@@ -183,3 +183,36 @@ def test_infer_cli_refuses_a_checkpoint_of_another_config(model, image_dir, tmp_
     err = capsys.readouterr().err
     assert code == 1
     assert "does not match the network" in err and "backbone.layers.0.weight" in err
+
+
+def test_infer_cli_goes_on_after_a_zero_byte_image(model, tmp_path, capsys):
+    _, _, ckpt = model
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "empty.jpg").write_bytes(b"")
+    cv2.imwrite(str(folder / "fine.png"), picture(80, 100, 0))
+    out = tmp_path / "out"
+    assert infer.main(["--config", TINY, "--checkpoint", ckpt, "--images", str(folder), "--out", str(out),
+                       "--score_threshold", "0", "--mode", "pynative", "--no_pictures"]) == 0
+    assert "1 images" in capsys.readouterr().out
+    summary = json.loads((out / "results.json").read_text())
+    assert [os.path.basename(r["image"]) for r in summary] == ["empty.jpg", "fine.png"]
+    assert summary[0]["error"] == "unreadable image (zero-byte file)"
+    assert json.loads((out / "fine.json").read_text())["boxes"]
+
+
+def test_mindir_with_another_config_is_refused_naming_both(mindir, image_dir, tmp_path, capsys):
+    """Same input size and classes, other priors: the exported description (num_priors) decides."""
+    with open(mindir + ".json") as f:
+        meta = json.load(f)
+    tiny_priors = int(np.asarray(build_priors(load_config(TINY)).boxes()).shape[0])
+    assert meta["config_name"] == "tiny" and meta["num_priors"] == tiny_priors
+    other = tmp_path / "other.yaml"
+    other.write_text(f"_base_: {TINY}\npriors:\n  aspect_ratios: [[2], [2], [2], [2]]\n")
+    other_priors = int(np.asarray(build_priors(load_config(str(other))).boxes()).shape[0])
+    code = infer.main(["--config", str(other), "--mindir", mindir, "--images", str(image_dir),
+                       "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "exported with config tiny" in err and "does not fit the config other" in err
+    assert f"{tiny_priors} priors vs {other_priors}" in err

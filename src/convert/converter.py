@@ -23,6 +23,7 @@ from src.builder import BACKBONES, DENSE_HEADS, build_detector
 from src.convert.mmdet_names import adapt_mmdet_tensors, mmdet_layout_hints, mmdet_map
 from src.convert.names import BACKBONE_MAPS, BN_LEAF_RENAME, NameMap, m2det_release_map
 from src.convert.torch_io import ConversionError, load_torch_state_dict
+from src.utils.io import temp_path_for
 
 log = logging.getLogger("m2det.convert")
 
@@ -163,7 +164,7 @@ def save_params(path: str, names_in_order: list, tensors: dict) -> str:
     if not path.endswith(".ckpt"):
         raise ConversionError(f"output path must end with .ckpt: {path}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    tmp = temp_path_for(path, ".ckpt")     # host and pid in the name: see remove_stale_temp_files
     try:
         # with a CRC, as training checkpoints (src/training/checkpoint.py), so corruption is detected on reading
         ms.save_checkpoint([{"name": n, "data": ms.Tensor(tensors[n])} for n in names_in_order], tmp, crc_check=True)

@@ -2,12 +2,13 @@
 
 Only `torch.load(path, map_location='cpu', weights_only=True)` is used: a file whose pickle
 names anything but tensors, containers and plain values (a custom class, a function) is
-refused with a ConversionError instead of being run.
+refused with a ConversionError saying so; the message never suggests the unsafe load.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import numpy as np
 
@@ -20,15 +21,26 @@ class ConversionError(RuntimeError):
     """A PyTorch file that cannot be read, or whose tensors do not fit the target network."""
 
 
+def _needs_code(exc: Exception) -> str | None:
+    """The global (module.name) a refused pickle asks for, or None if it failed for another reason."""
+    for line in str(exc).splitlines():
+        match = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL)\s+([\w.]+)", line, re.IGNORECASE)
+        if match:
+            return match.group(1)
+    return None
+
+
 def _unpickling_detail(exc: Exception) -> str:
+    """torch's reason without its advice (which suggests the unsafe weights_only=False load)."""
     lines = [line.strip() for line in str(exc).splitlines()]
     for i, line in enumerate(lines):
         if "WeightsUnpickler error:" in line:
             detail = line.split("WeightsUnpickler error:", 1)[1].strip()
-            if not detail and i + 1 < len(lines):
-                detail = lines[i + 1]
+            if not detail:
+                detail = next((rest for rest in lines[i + 1:] if rest), "")
             return detail.split(". Please use")[0]
-    return lines[0] if lines else type(exc).__name__
+    safe = [line for line in lines if line and "weights_only" not in line and "trusted source" not in line]
+    return safe[0] if safe else type(exc).__name__
 
 
 def _unwrap(obj, path: str) -> dict:
@@ -59,13 +71,14 @@ def load_torch_state_dict(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = _unpickling_detail(exc)
-        if "Unsupported global" in detail:
+        code = _needs_code(exc)
+        if code is not None:
             raise ConversionError(
-                f"refused to load {path}: it is not a plain state dict, its pickle refers to code "
-                f"({detail}); torch.load(weights_only=True) will not execute it. If you trust the file, "
-                f"re-save only its tensors: torch.save(obj.state_dict(), 'plain.pth')") from exc
-        raise ConversionError(f"cannot read {path}: not a PyTorch checkpoint or corrupt ({detail})") from exc
+                f"refused to load {path}: unpickling it would run code ({code}), so it was not loaded. "
+                f"Only files holding plain tensors and containers are read (a state dict saved with "
+                f"torch.save(model.state_dict(), path)); ask for the weights in that form") from None
+        raise ConversionError(f"cannot read {path}: not a PyTorch checkpoint of plain tensors, or corrupt "
+                              f"({_unpickling_detail(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConversionError(f"cannot read {path}: not a PyTorch checkpoint or corrupt ({first})") from exc

@@ -17,15 +17,16 @@ Annotation handling, decided once at construction (vectorised over all annotatio
 - boxes are clipped to the image (json width/height; the last pixel index W - 1, H - 1 with
   `pixel_offset`); a box that is left with a side < `min_box_size` pixels (zero/negative
   size, or outside the image) is dropped; both are counted (`stats`).
-Images without annotations are kept: they are negatives.
+Images without annotations are kept: they are negatives. An annotation file without images,
+or with two images (annotations, categories) sharing one id, is refused (CocoFormatError).
 
 Image handling, at load time: a JPEG is turned upright by its EXIF orientation, unless the
 json's width/height fit the stored pixels and not the upright ones (annotated in the stored
 frame): then the annotation is followed, the stored pixels are used and the image is reported
-(`orientation_ignored`, a warning naming it). Files that are missing, undecodable or truncated (a JPEG
-whose last scan has no end-of-image marker; a truncated PNG fails to decode) give None
-and are recorded in `skipped`, a per-image flag array shared with data-loader worker
-processes, so the training pipeline can report them once per epoch. Grayscale, BGRA and
+(`orientation_ignored`, a warning naming it). Files that are missing, zero-byte, undecodable or
+truncated (a JPEG whose last scan has no end-of-image marker; a truncated PNG fails to decode)
+give None and are recorded with their reason in `skipped`, a per-image flag array shared with
+data-loader worker processes, so training and evaluation can report them. Grayscale, BGRA and
 16-bit images are converted to 8-bit BGR.
 """
 from __future__ import annotations
@@ -100,6 +101,9 @@ def validate_coco(data, source: str) -> None:
             for field in fields:
                 if field not in item:
                     raise CocoFormatError(f"{source}: {section}[{i}] has no field '{field}'")
+    if not data["images"]:
+        raise CocoFormatError(f"{source}: field 'images' is empty: the split has no images to read")
+    _refuse_duplicate_ids(data, source)
     cat_ids = {c["id"] for c in data["categories"]}
     image_ids = {im["id"] for im in data["images"]}
     for i, ann in enumerate(data["annotations"]):
@@ -113,6 +117,35 @@ def validate_coco(data, source: str) -> None:
         if ann["image_id"] not in image_ids:
             raise CocoFormatError(f"{source}: annotations[{i}] field 'image_id' "
                                   f"{ann['image_id']!r} is not in 'images'")
+
+
+def _refuse_duplicate_ids(data: dict, source: str) -> None:
+    """Two images (or annotations) with one id would be merged silently by the COCO index."""
+    for section in ("images", "annotations", "categories"):
+        first_at = {}
+        for i, item in enumerate(data[section]):
+            key = item["id"]
+            if not isinstance(key, (int, str)) or isinstance(key, bool):
+                raise CocoFormatError(f"{source}: {section}[{i}] field 'id' must be a number, got {key!r}")
+            if key in first_at:
+                raise CocoFormatError(f"{source}: duplicate {section[:-1]} id {key!r} "
+                                      f"({section}[{first_at[key]}] and {section}[{i}]); ids must be unique")
+            first_at[key] = i
+
+
+def check_num_classes(num_categories: int, num_classes: int, ann_file: str) -> None:
+    """model.num_classes counts the background (configs/base.yaml): it must be categories + 1.
+
+    Checked before a network is built or compiled: with more categories than the network
+    predicts, training fails deep inside the loss; with fewer, AP is computed over classes
+    that do not exist.
+    """
+    if int(num_classes) != int(num_categories) + 1:
+        raise ValueError(
+            f"{ann_file} has {num_categories} categories, so model.num_classes must be "
+            f"{num_categories + 1} ({num_categories} categories + background), but the config "
+            f"has model.num_classes={num_classes}; set --set model.num_classes={num_categories + 1} "
+            f"(or use the annotation file the model was made for)")
 
 
 # ---------------------------------------------------------------------- images
@@ -167,6 +200,37 @@ def read_image(path: str, exif_orientation: bool = True) -> Optional[np.ndarray]
     return to_bgr8(image)
 
 
+# why an image was not read; the codes are the values stored in SkipFlags
+MISSING, EMPTY, UNDECODABLE = 1, 2, 3
+SKIP_REASONS = {MISSING: "missing", EMPTY: "zero-byte", UNDECODABLE: "undecodable or truncated"}
+
+
+def image_file_problem(path: str) -> Optional[int]:
+    """MISSING or EMPTY for a file that cannot hold an image, else None (checked before decoding)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return EMPTY
+    except OSError:
+        return MISSING
+    return None
+
+
+def load_image_file(path: str) -> tuple[Optional[np.ndarray], Optional[int]]:
+    """(uint8 BGR image, None), or (None, reason code) for a missing, empty or undecodable file."""
+    problem = image_file_problem(path)
+    if problem is not None:
+        return None, problem
+    try:
+        image = read_image(path)
+    except cv2.error:
+        image = None
+    return (image, None) if image is not None else (None, UNDECODABLE)
+
+
+def describe_unreadable(path: str, reason: Optional[int]) -> str:
+    return f"{path}: unreadable image ({SKIP_REASONS.get(reason, 'undecodable or truncated')} file)"
+
+
 # ---------------------------------------------------------------------- skip flags
 
 class SkipFlags:
@@ -181,11 +245,15 @@ class SkipFlags:
         self.size = size
         self._array = multiprocessing.RawArray("b", max(size, 1))
 
-    def mark(self, index: int) -> None:
-        self._array[index] = 1
+    def mark(self, index: int, reason: int = UNDECODABLE) -> None:
+        self._array[index] = int(reason)
+
+    def reasons(self) -> np.ndarray:
+        """(size,) int8: 0 for read (or not yet tried), else the reason code."""
+        return np.frombuffer(self._array, dtype=np.int8)[: self.size]
 
     def indices(self) -> np.ndarray:
-        return np.flatnonzero(np.frombuffer(self._array, dtype=np.int8)[: self.size])
+        return np.flatnonzero(self.reasons())
 
     def count(self) -> int:
         return int(self.indices().size)
@@ -297,9 +365,9 @@ class CocoDetection:
 
     def load_image(self, index: int) -> Optional[np.ndarray]:
         path = self.image_path(index)
-        image = read_image(path)
+        image, reason = load_image_file(path)
         if image is None:
-            self.skipped.mark(index)
+            self.skipped.mark(index, reason)
             return image
         annotated = tuple(int(v) for v in self.image_sizes[index])
         if image.shape[:2] != annotated and image.shape[1::-1] == annotated:
@@ -351,8 +419,11 @@ class CocoDetection:
                 f"annotated width/height are the stored ones: {names}")
 
     def skip_summary(self) -> str:
-        idx = self.skipped.indices()
+        reasons = self.skipped.reasons()
+        idx = np.flatnonzero(reasons)
         if idx.size == 0:
             return ""
+        counts = ", ".join(f"{int(np.count_nonzero(reasons == code))} {name}"
+                           for code, name in SKIP_REASONS.items() if np.any(reasons == code))
         names = ", ".join(self.file_names[i] for i in idx[:5]) + (" ..." if idx.size > 5 else "")
-        return f"{idx.size} unreadable image(s) in {self.image_dir} skipped: {names}"
+        return f"{idx.size} unreadable image(s) in {self.image_dir} skipped ({counts}): {names}"

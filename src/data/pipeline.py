@@ -28,10 +28,12 @@ wrapping around so that every rank has the same number of samples (an all-reduce
 equal step counts); each image is then seen once per epoch, plus at most n - 1 repeats.
 Evaluation shards are not padded (each image exactly once over all ranks).
 
-Unreadable images: the training source substitutes the next readable image (index + 1,
-...), deterministic too; the evaluation source yields a blank (mean) image with the real
-id, so the evaluator still sees every id. Either way the reader's shared skip flags
-record it and the sampler logs a one-line summary at the start of every epoch.
+Unreadable images (missing, zero-byte, undecodable): the training source substitutes the
+next readable image (index + 1, ...), deterministic too; the evaluation source yields a
+blank input with `orig_hw` (0, 0), which tells the evaluator to leave that image out of
+the scored set. Either way the reader's shared skip flags record it; the trainer and the
+evaluator report the count at the end of every epoch and of evaluation
+(`DataInfo.skip_summary`).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ import numpy as np
 
 from heads.assigners.max_iou import MaxIoUAssigner
 from heads.box_coder import SSDBoxCoder
-from src.data.coco import CocoDetection
+from src.data.coco import CocoDetection, check_num_classes
 from src.data.dense_targets import AnchorLayout, DenseTargetEncoder
 from src.data.resize import InputPolicy, KeepRatioTrainTransform, keep_ratio_input
 from src.data.targets import SSDTargetEncoder
@@ -56,19 +58,26 @@ logger = logging.getLogger(__name__)
 TRAIN_COLUMNS = ["image", "loc_t", "conf_t"]
 DENSE_TRAIN_COLUMNS = ["image", "labels", "boxes"]
 TEST_COLUMNS = ["image", "image_id", "orig_hw"]
+NOT_READ = (0, 0)     # orig_hw of an evaluation image that could not be read
 
 
 # ---------------------------------------------------------------------- reader
 
 def build_reader(cfg, split: str = "train") -> CocoDetection:
-    """The COCO reader for `split` ('train' or 'val') from cfg.data (root + relative paths)."""
+    """The COCO reader for `split` ('train' or 'val') from cfg.data (root + relative paths).
+
+    Its categories must be the model's classes (model.num_classes - 1): checked here, before
+    any network is compiled.
+    """
     data = cfg.data
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got '{split}'")
     ann = os.path.join(data.root, data[f"{split}_ann"])
     images = os.path.join(data.root, data[f"{split}_images"])
-    return CocoDetection(ann, images, min_box_size=float(data.get("min_box_size", 1.0)),
-                         pixel_offset=bool(data.get("pixel_offset", False)))
+    reader = CocoDetection(ann, images, min_box_size=float(data.get("min_box_size", 1.0)),
+                           pixel_offset=bool(data.get("pixel_offset", False)))
+    check_num_classes(reader.num_classes, cfg.model.num_classes, ann)
+    return reader
 
 
 # ---------------------------------------------------------------------- sampler
@@ -133,21 +142,6 @@ class EpochSampler(ds.Sampler):
         rest, index = divmod(int(token), self.num_items)
         epoch, position = divmod(rest, len(self))
         return epoch, position, index
-
-
-class _SkipReporter:
-    """At the start of each epoch (in the main process), logs one line summarising the
-    unreadable images met so far, if any."""
-
-    def __init__(self, reader: CocoDetection):
-        self.reader = reader
-
-    def __call__(self, epoch: int) -> None:
-        if self.reader.skipped.count():
-            logger.warning("before epoch %d: %s", epoch, self.reader.skip_summary())
-
-    def __deepcopy__(self, memo):
-        return self   # holds the reader; MindSpore's pipeline copies must not clone it
 
 
 # ---------------------------------------------------------------------- sources
@@ -264,10 +258,9 @@ class TestSource:
         record = self.reader[index]
         image_id = np.array(self.reader.image_ids[index], dtype=np.int64)
         if record is None:
-            # blank input (zeros after mean subtraction): the id still reaches the evaluator
-            h, w = self.reader.image_sizes[index]
+            # a placeholder keeps the batch shape; size (0, 0) = NOT_READ: never scored
             return (np.zeros((3,) + self.policy.canvas(), np.float32), image_id,
-                    np.array([h, w], dtype=np.int32))
+                    np.array(NOT_READ, dtype=np.int32))
         image = self.preprocess(record.image)
         return image, image_id, np.array(record.orig_size, dtype=np.int32)
 
@@ -377,7 +370,7 @@ def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int]
     transform = _train_transform(cfg, policy)
     encoder, columns = _train_encoder(cfg, priors, policy)
     sampler = EpochSampler(len(reader), seed, shuffle=True, num_shards=num_shards, shard_id=shard_id,
-                           pad=True, start_epoch=start_epoch, on_epoch=_SkipReporter(reader))
+                           pad=True, start_epoch=start_epoch)
     source = TrainSource(reader, transform, encoder, seed, sampler=sampler, batch_size=batch_size,
                          policy=policy if policy.multi_scale else None)
     dataset = _generator(source, columns, sampler, _workers(cfg, num_workers))
@@ -399,7 +392,7 @@ def create_test_dataset(cfg, split: str = "val", batch_size: int = 1,
     num_shards, shard_id = _check_shards(num_shards, shard_id)
     reader = build_reader(cfg, split)
     sampler = EpochSampler(len(reader), seed=0, shuffle=False, num_shards=num_shards,
-                           shard_id=shard_id, pad=False, on_epoch=_SkipReporter(reader))
+                           shard_id=shard_id, pad=False)
     source = TestSource(reader, int(cfg.model.input_size), cfg.data.mean, InputPolicy.from_config(cfg),
                         **_normalisation(cfg))
     dataset = _generator(source, TEST_COLUMNS, sampler, _workers(cfg, num_workers))

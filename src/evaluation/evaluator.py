@@ -18,7 +18,7 @@ import mindspore as ms
 import numpy as np
 
 from src.builder import build_output_decoder
-from src.data.pipeline import create_test_dataset
+from src.data.pipeline import NOT_READ, create_test_dataset
 from src.data.resize import InputPolicy
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
 from src.postprocess import Detections, detect, scale_boxes
@@ -55,12 +55,14 @@ def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, widt
 
 
 def iterate_detections(detector, dataset, decoder, cfg, timings: dict,
-                       policy: InputPolicy | None = None) -> Iterator[tuple[int, int, int, Detections]]:
-    """Yield (image_id, height, width, detections in original pixels) for every image.
+                       policy: InputPolicy | None = None,
+                       not_read: list | None = None) -> Iterator[tuple[int, int, int, Detections]]:
+    """Yield (image_id, height, width, detections in original pixels) for every image read.
 
     decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background, score factors)
     (src.builder.build_output_decoder). Batches are padded to the dataset's batch size so
-    GRAPH mode compiles one shape only.
+    GRAPH mode compiles one shape only. Images the pipeline could not read (size NOT_READ)
+    yield nothing: their ids are appended to `not_read`.
     """
     kwargs = detect_kwargs(cfg)
     batch_size = dataset.data_info.batch_size
@@ -76,13 +78,17 @@ def iterate_detections(detector, dataset, decoder, cfg, timings: dict,
         start = time.perf_counter()
         for i in range(n):
             height, width = (int(v) for v in sizes[i])
+            if (height, width) == NOT_READ:
+                if not_read is not None:
+                    not_read.append(int(image_ids[i]))
+                continue
             boxes, scores, has_background, factors = decoder([o[i] for o in outputs])
             boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
             dets = detect(boxes, scores, has_background=has_background, score_factors=factors, **kwargs)
             timings["postprocess_s"] += time.perf_counter() - start
             yield int(image_ids[i]), height, width, dets
             start = time.perf_counter()
-        timings["images"] += n
+        timings["images"] += n - int(np.count_nonzero(np.all(sizes[:n] == 0, axis=1)))
 
 
 def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "val", batch_size: int = 1,
@@ -93,20 +99,31 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     info = dataset.data_info
     decoder = build_output_decoder(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
-    results, drawn = [], []
+    results, drawn, evaluated, not_read = [], [], [], []
     for image_id, _, _, dets in iterate_detections(detector, dataset, decoder, cfg, timings,
-                                                   InputPolicy.from_config(cfg)):
+                                                   InputPolicy.from_config(cfg), not_read):
+        evaluated.append(image_id)
         results += detections_to_coco(image_id, dets.boxes, dets.scores, dets.labels, info.label_to_cat_id,
                                       pixel_offset=bool(cfg.data.pixel_offset))
         if len(drawn) < draw:
             drawn.append((image_id, dets))
-    metrics = evaluate_coco(info.reader.coco, results, out_dir=out_dir)
+    if not_read:
+        # the pipeline's flags can be process-local (spawned workers): the ids are the record
+        log.warning("evaluation: %d of %d images could not be read and are left out of the scores "
+                    "(their objects count neither as found nor as missed): %s", len(not_read),
+                    len(not_read) + len(evaluated), info.skip_summary() or f"image ids {sorted(not_read)[:10]}")
+    if not evaluated:
+        raise ValueError(f"no image of the {split} split in {info.reader.image_dir} could be read: "
+                         f"{info.skip_summary()}")
+    # only the images read are scored: an unread image has no detections, not bad ones
+    metrics = evaluate_coco(info.reader.coco, results, out_dir=out_dir,
+                            img_ids=evaluated if not_read else None)
     images = max(timings["images"], 1)
     metrics["network_ms_per_image"] = 1000 * timings["network_s"] / images
     metrics["postprocess_ms_per_image"] = 1000 * timings["postprocess_s"] / images
     metrics["num_images"] = timings["images"]
-    if info.skipped_images():
-        log.warning(info.skip_summary())
+    metrics["skipped_images"] = len(not_read)
+    metrics["skipped_image_ids"] = sorted(not_read)
     if info.reader.orientation_summary():
         log.warning(info.reader.orientation_summary())
     if out_dir is not None:
@@ -140,4 +157,7 @@ def format_report(metrics: dict) -> str:
     lines.append(f"time per image: network {metrics['network_ms_per_image']:.1f} ms + "
                  f"post-processing {metrics['postprocess_ms_per_image']:.1f} ms "
                  f"({metrics['num_images']} images)")
+    if metrics.get("skipped_images"):
+        lines.append(f"{metrics['skipped_images']} unreadable image(s) left out of the scores: "
+                     f"ids {metrics['skipped_image_ids'][:10]}")
     return "\n".join(lines)

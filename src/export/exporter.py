@@ -279,6 +279,9 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         "outputs": _describe_outputs(detector, with_decode),
         "output_shapes": [list(o.shape) for o in prepared],
         "num_classes": int(cfg.model.num_classes),
+        "config_name": cfg.get("config_name", ""),
+        # the multibox head's outputs have one row per prior: a config with other priors cannot decode them
+        "num_priors": int(prepared[0].shape[1]) if elementwise else None,
         "folded_batchnorms": len(changes["folded_bn"]),
         "rewritten_cells": changes["rewritten"],
         "max_relative_error": {"export_network": prepared_err, "file": file_err},

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from src.builder import build_detector, build_output_decoder
+from src.builder import build_detector, build_output_decoder, build_priors, is_dense
 from src.data.resize import InputPolicy, keep_ratio_input
 from src.data.transforms import preprocess_for_test
 from src.evaluation.evaluator import detect_kwargs, to_original_pixels
@@ -55,6 +55,46 @@ def keep_above(dets: Detections, threshold: Optional[float]) -> Detections:
         return dets
     keep = dets.scores >= threshold
     return Detections(dets.boxes[keep], dets.scores[keep], dets.labels[keep])
+
+
+def _recorded_priors(meta: dict) -> Optional[int]:
+    """Prior count of a multibox MINDIR from its description (older files: its first output's rows)."""
+    if meta.get("num_priors") is not None:
+        return int(meta["num_priors"])
+    outputs, shapes = meta.get("outputs") or [], meta.get("output_shapes") or []
+    if shapes and outputs and str(outputs[0]).startswith(("loc ", "boxes ")) and len(shapes[0]) == 3:
+        return int(shapes[0][1])
+    return None
+
+
+def check_mindir_fits_config(cfg, path: str, meta: dict) -> None:
+    """Refuse a MINDIR whose description (export.py's `path`.json) disagrees with `cfg`, naming both configs.
+
+    Input size, class count and (multibox) prior count are compared; any difference would
+    otherwise surface as a shape error deep in decoding.
+    """
+    problems = []
+    canvas = list(InputPolicy.from_config(cfg).canvas())
+    shape = meta.get("input_shape")
+    if shape is not None and list(shape[2:]) != canvas:
+        problems.append(f"input {shape[2]}x{shape[3]} vs {canvas[0]}x{canvas[1]}")
+    if "num_classes" in meta and meta["num_classes"] != cfg.model.num_classes:
+        problems.append(f"model.num_classes {meta['num_classes']} vs {cfg.model.num_classes}")
+    recorded = _recorded_priors(meta)
+    if recorded is not None and not is_dense(cfg):
+        expected = int(np.asarray(build_priors(cfg).boxes()).shape[0])
+        if recorded != expected:
+            problems.append(f"{recorded} priors vs {expected}")
+    exported_with = meta.get("config") or meta.get("config_name") or "a config not recorded"
+    if problems:
+        raise PredictorError(
+            f"{path} was exported with config {exported_with} and does not fit the config "
+            f"{cfg.get('config_name', '?')} ({'; '.join(problems)}): use the config it was exported with, "
+            f"or export the checkpoint again with this one")
+    recorded_name = meta.get("config_name") or os.path.splitext(os.path.basename(str(meta.get("config", ""))))[0]
+    if recorded_name and recorded_name != cfg.get("config_name"):
+        log.warning("%s was exported with config %s, used with %s (the shapes agree)", path, exported_with,
+                    cfg.get("config_name"))
 
 
 class Predictor:
@@ -110,13 +150,7 @@ class Predictor:
         else:
             log.warning("%s.json not found: assuming batch size 1 and outputs without decoding", path)
         shape = meta.get("input_shape", [1, 3, *InputPolicy.from_config(cfg).canvas()])
-        canvas = list(InputPolicy.from_config(cfg).canvas())
-        if list(shape[2:]) != canvas:
-            raise PredictorError(f"{path} takes inputs of {shape[2]}x{shape[3]} but the config's are "
-                                 f"{canvas[0]}x{canvas[1]}")
-        if "num_classes" in meta and meta["num_classes"] != cfg.model.num_classes:
-            raise PredictorError(f"{path} has {meta['num_classes']} classes but the config has "
-                                 f"{cfg.model.num_classes}")
+        check_mindir_fits_config(cfg, path, meta)
         try:
             cell = nn.GraphCell(ms.load(path))
         except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals

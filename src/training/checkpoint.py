@@ -18,11 +18,13 @@ K batches into epoch E (a periodic `train.save_every_steps` save or a SIGTERM/SI
 
 Files are written to a temporary name in the same folder, with MindSpore's CRC, and renamed,
 so a crash never leaves a half-written checkpoint under the real name, and a file damaged
-later (truncated copy, bad disk) is detected when read.
+later (truncated copy, bad disk) is detected when read. The temporary files of a process
+killed mid-save are removed at the next save in that folder.
 """
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from typing import Iterable
@@ -31,6 +33,9 @@ import mindspore as ms
 from mindspore import nn
 
 from src.training.ema import RAW_PREFIX
+from src.utils.io import remove_stale_temp_files, temp_path_for
+
+log = logging.getLogger("m2det.checkpoint")
 
 META_KEYS = ("epoch", "epoch_step", "step", "global_batch", "skipped_steps", "config_name")
 
@@ -80,7 +85,7 @@ def save_checkpoint(path: str, detector: nn.Cell, optimizer: nn.Optimizer | None
     if not path.endswith(".ckpt"):
         raise ValueError(f"checkpoint path must end with .ckpt: {path}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    tmp = temp_path_for(path, ".ckpt")     # MindSpore appends .ckpt to any other name
     try:
         ms.save_checkpoint(_entries(detector, optimizer, ema, extra), tmp, append_dict=dict(meta) or None,
                            crc_check=True)
@@ -267,6 +272,8 @@ class CheckpointManager:
         `extra` and further metadata for save_checkpoint.
         """
         completed = epoch if epoch_step == 0 else epoch - 1
+        for stale in remove_stale_temp_files(self.directory):
+            log.info("removed %s, left by a save that was interrupted", stale)
         path = save_checkpoint(self.path_for(epoch, epoch_step), detector, optimizer, epoch=completed,
                                epoch_step=epoch_step, **kwargs)
         self._rotate()

@@ -4,12 +4,18 @@ The data goes to a temporary file in the destination's directory (same file syst
 the final ``os.replace`` is an atomic rename), is flushed and fsync'ed, and only then
 replaces the destination. On error the temporary file is removed and the destination is
 left as it was.
+
+A process killed while writing cannot remove its temporary file, so temporary names carry
+the host and process id (`.NAME.HOST-PID[.XXXX].tmp[.EXT]`): `remove_stale_temp_files` deletes
+those of this host whose process is gone, and leaves live writers' files alone.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from typing import IO, Any, Iterator, Union
 
@@ -26,6 +32,59 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[\w-]+)-(?P<pid>\d+)(?:\.\w+)?\.tmp(?:\.\w+)?$")
+LEGACY_TEMP_NAME = re.compile(r"^\.tmp-(?P<pid>\d+)-(?P<name>.+)$")   # earlier checkpoint saves
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^\w-]", "_", socket.gethostname()) or "host"
+
+
+def temp_name_prefix(path: PathLike) -> str:
+    """`.NAME.HOST-PID.`: the start of every temporary name this process uses for `path`."""
+    return f".{os.path.basename(os.fspath(path))}.{_host_tag()}-{os.getpid()}."
+
+
+def temp_path_for(path: PathLike, extension: str = "") -> str:
+    """A temporary path beside `path` for writers that need a name rather than a file object;
+    `extension` (e.g. ".ckpt") is appended for writers that insist on one."""
+    path = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.dirname(path), temp_name_prefix(path) + "tmp" + extension)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: PathLike) -> list[str]:
+    """Delete the temporary files in `directory` left by dead processes of this host; returns them.
+
+    Files of other hosts (a shared file system) and of live processes are kept.
+    """
+    directory = os.fspath(directory)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    host, removed = _host_tag(), []
+    for name in names:
+        match = TEMP_NAME.match(name)
+        if match is not None and match.group("host") != host:
+            continue
+        match = match or LEGACY_TEMP_NAME.match(name)
+        if match is None or int(match.group("pid")) == os.getpid() or _process_alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
 
 
 @contextlib.contextmanager
@@ -46,7 +105,7 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_name_prefix(path), suffix=".tmp")
     try:
         if mode == "w" and encoding is None:
             encoding = "utf-8"
