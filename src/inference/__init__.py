@@ -4,7 +4,8 @@
     names.py      class names for the output (names file, COCO annotations, or class_N)
     predictor.py  Predictor: images -> detections, from a checkpoint or an exported MINDIR
     results.py    detections -> the JSON entry of one image (normalised corner boxes)
-    server.py     the HTTP scoring endpoint (POST /score, GET /health)
+    scoring.py    limits, parsing the /score body, running the predictor, readiness (warm-up)
+    server.py     the HTTP scoring endpoint (Starlette on uvicorn: POST /score, GET /health)
 """
 from src.inference.names import load_class_names
 from src.inference.predictor import Predictor, PredictorError
