@@ -323,3 +323,9 @@ def test_serve_cli_refuses_a_checkpoint_of_another_config(checkpoint, capsys):
     code = serve.main(["--config", os.path.join(ROOT, "tests", "configs", "lite256.yaml"), "--checkpoint", checkpoint,
                        "--port", "0", "--mode", "pynative"])
     assert code == 1 and "backbone.layers.0.weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--max_pending", "0"), ("--request_timeout", "0"), ("--workers", "0")])
+def test_serve_cli_refuses_unusable_limits_before_loading_anything(checkpoint, capsys, flag, value):
+    code = serve.main(["--config", TINY, "--checkpoint", checkpoint, "--port", "0", flag, value])
+    assert code == 2 and f"{flag} must be > 0, got 0" in capsys.readouterr().err
