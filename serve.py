@@ -106,10 +106,15 @@ def build_service(args):
     return ScoringService(predictor, names, args.score_threshold, limits)
 
 
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
 def worker_app():
     """uvicorn's application factory in each worker process of --workers N."""
     from src.inference.server import create_app
 
+    setup_logging()
     service = build_service(parse_args(json.loads(os.environ[WORKER_ARGV])))
     if isinstance(service, int):
         raise SystemExit(service)
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging()
     # loaded here even with --workers N: a model that does not load is refused before any worker starts
     service = build_service(args)
     if isinstance(service, int):

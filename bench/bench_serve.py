@@ -150,7 +150,7 @@ def wait_ready(host: str, port: int, timeout_s: float, process=None) -> dict:
     raise RuntimeError(f"the server on {host}:{port} was not ready within {timeout_s:.0f} s")
 
 
-def random_checkpoint(config: str, directory: str) -> str:
+def write_random_checkpoint(config: str, path: str) -> None:
     import mindspore as ms
 
     from m2det.builder import build_detector
@@ -158,7 +158,16 @@ def random_checkpoint(config: str, directory: str) -> str:
     from src.training.checkpoint import save_checkpoint
 
     ms.set_seed(0)
-    return save_checkpoint(os.path.join(directory, "random_weights.ckpt"), build_detector(load_config(config)))
+    save_checkpoint(path, build_detector(load_config(config)))
+
+
+def random_checkpoint(config: str, directory: str) -> str:
+    """A random-weight checkpoint of `config`, written by a child process: MindSpore's runtime
+    threads would otherwise stay in this client process and compete with the server for CPU."""
+    path = os.path.join(directory, "random_weights.ckpt")
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--write_checkpoint", path, "--config", config],
+                   cwd=ROOT, env=dict(os.environ, GLOG_v="3"), check=True, timeout=600)
+    return path
 
 
 def parse_args(argv=None):
@@ -166,16 +175,30 @@ def parse_args(argv=None):
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "m2det_lite.yaml"))
     p.add_argument("--url", help="measure this already running server (loopback addresses only)")
     p.add_argument("--short", action="store_true", help="smoke mode: a few requests per level")
+    p.add_argument("--levels", help="clients:requests,... instead of the defaults, e.g. 1:30,8:80,100:300")
     p.add_argument("--level_seconds", type=float, default=120.0, help="no request starts later in a level")
     p.add_argument("--ready_timeout", type=float, default=600.0)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--write_checkpoint", help=argparse.SUPPRESS)
     p.add_argument("serve_args", nargs="*", help="extra serve.py flags after --, e.g. -- --max_pending 16")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.write_checkpoint:
+        write_random_checkpoint(args.config, args.write_checkpoint)
+        return 0
     levels = SHORT_LEVELS if args.short else FULL_LEVELS
+    if args.levels:
+        try:
+            levels = [tuple(int(v) for v in level.split(":")) for level in args.levels.split(",")]
+            if any(len(level) != 2 or min(level) < 1 for level in levels):
+                raise ValueError(args.levels)
+        except ValueError:
+            print(f"--levels must look like 1:30,8:80 (clients:requests, both >= 1), got {args.levels!r}",
+                  file=sys.stderr)
+            return 2
     body = request_body()
     process, tmp = None, None
     if args.url:
