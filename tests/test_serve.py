@@ -329,3 +329,20 @@ def test_serve_cli_refuses_a_checkpoint_of_another_config(checkpoint, capsys):
 def test_serve_cli_refuses_unusable_limits_before_loading_anything(checkpoint, capsys, flag, value):
     code = serve.main(["--config", TINY, "--checkpoint", checkpoint, "--port", "0", flag, value])
     assert code == 2 and f"{flag} must be > 0, got 0" in capsys.readouterr().err
+
+
+def test_bench_serve_short_mode(tmp_path):
+    """bench/bench_serve.py --short end to end (~25 s): serve.py with the lite config and random
+    weights in a subprocess, 1/8/100 loopback clients; every client answered, none reset."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_serve.py"), "--short", "--json", str(out)],
+                          cwd=ROOT, env=dict(os.environ, GLOG_v="3"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    levels = json.loads(out.read_text())["levels"]
+    assert [(r["concurrency"], r["requests"]) for r in levels] == [(1, 5), (8, 16), (100, 100)]
+    for r in levels:
+        assert r["transport_errors"] == 0 and r["ok"] + r["rejected_503"] == r["requests"]
+        assert r["ok"] >= 1 and r["throughput_rps"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
