@@ -258,6 +258,44 @@ def test_slow_clients_neither_block_valid_requests_nor_outlive_the_request_deadl
     assert elapsed < 3 + 3  # the deadline plus a margin, not 8 x the per-read timeout
 
 
+def test_trickled_headers_and_silent_connections_get_408_at_the_request_deadline():
+    limits = Limits(max_body_bytes=300_000, max_images=3, max_pixels=200 * 200, max_pending=8, timeout_s=1.5)
+    head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+    with stand_in_server(limits) as srv:
+        wait_ready(srv, 10)
+        port = srv.server_address[1]
+
+        def slow_headers():
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                sock.settimeout(0.3)
+                for byte in head:
+                    try:
+                        sock.sendall(bytes([byte]))
+                        answer = sock.recv(4096)
+                        return answer.split(b"\r\n", 1)[0].decode() or "closed"
+                    except socket.timeout:
+                        continue
+                return "headers complete"
+            except OSError as exc:
+                return f"error {exc!r}"
+            finally:
+                sock.close()
+
+        def silent():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                return sock.recv(4096).split(b"\r\n", 1)[0].decode() or "closed"
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = [f.result(timeout=15) for f in [pool.submit(slow_headers), pool.submit(slow_headers),
+                                                      pool.submit(silent), pool.submit(silent)]]
+            status, _ = score(srv, [encoded(30, 30, 0)[1]])
+        elapsed = time.monotonic() - started
+    assert answers == ["HTTP/1.1 408 Request Timeout"] * 4
+    assert elapsed < 1.5 + 2 and status == 200
+
+
 def post_once(port, body):
     """One POST on a fresh connection: (status, Retry-After) or the name of the transport error."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

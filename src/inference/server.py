@@ -4,13 +4,16 @@
     GET /health   200 {"status": "ok", "ready": true, ...} after the warm-up prediction;
                   503 {"status": "warming up" | "failed", "ready": false, ...} before (or if it failed)
 
-A /score request passes these gates in order; every refusal is a JSON {"error": message}:
+Every request has one deadline (Limits.timeout_s) from its first byte (from the connection's
+opening for the first request): headers not complete by then get 408 and a closed connection
+(DeadlineHttpProtocol). A /score request passes these gates in order; every refusal is a JSON
+{"error": message}:
   1. Content-Length missing (411) or over max_body_bytes (413): answered at once. The connection
      stays open, so uvicorn reads and discards the unread body instead of the kernel resetting it.
   2. More than max_receiving bodies already being received: 503 with Retry-After.
-  3. The body is read completely before the request may queue for the model; the whole request
-     has one deadline (timeout_s, from the moment its headers arrived), not a timeout per read, so
-     a client trickling its body gets 408 and is disconnected without ever holding model capacity.
+  3. The body is read completely before the request may queue for the model, within the same
+     deadline (not a timeout per read), so a client trickling its body gets 408 and is
+     disconnected without ever holding model capacity.
   4. More than max_pending requests queued for or in scoring: 503 with Retry-After (an estimate
      of the time to score the queue).
   5. Scoring must start before the deadline (else 503 with Retry-After); then parsing (400/413
@@ -30,6 +33,7 @@ from typing import Optional
 
 import anyio
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -43,6 +47,59 @@ log = logging.getLogger("m2det.serve")
 # Two scoring threads: one request is decoded and pre-processed while another runs the network
 # (the predictor lets one network call run at a time); more only add GIL contention.
 SCORING_THREADS = 2
+REQUEST_STARTED = "m2det_request_started"  # key of the request's start time in the ASGI scope's state
+
+
+HEADER_TIMEOUT = "m2det_header_timeout_s"    # app state (from the lifespan): the header deadline
+
+
+class DeadlineHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for the request headers: a connection whose
+    headers are not complete `timeout_s` after it opened (or after the first byte of its next
+    request) gets 408 and is closed, so trickled headers hold nothing for long either. The time a
+    request's first byte arrived goes to the application (scope state), which counts its
+    whole-request deadline from it. The deadline is the application's `Limits.timeout_s`, handed
+    over in the lifespan state (a class attribute would not reach --workers processes)."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._header_timer = None
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["state"][REQUEST_STARTED] = time.monotonic()
+        if self._header_timer is None:
+            self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        timeout_s = self.app_state.get(HEADER_TIMEOUT)
+        if timeout_s:
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow, timeout_s)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self, timeout_s: float) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        log.info("%s: request headers not received within %g s; disconnected",
+                 "%s:%d" % self.client if self.client else "client", timeout_s)
+        body = b'{"error": "request headers not received in time"}'
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()
 
 
 class _Gates:
@@ -83,7 +140,8 @@ async def _read_body(request: Request, limits: Limits, deadline: float) -> bytes
 async def _score(request: Request) -> JSONResponse:
     gates: _Gates = request.app.state.gates
     service, limits = gates.service, gates.service.limits
-    deadline = time.monotonic() + limits.timeout_s
+    # the deadline runs from the request's first byte (DeadlineHttpProtocol), headers included
+    deadline = request.scope.get("state", {}).get(REQUEST_STARTED, time.monotonic()) + limits.timeout_s
     if not service.ready:
         return _error(503, "the model is warming up; retry later", retry_after=service.retry_after(1))
     length = request.headers.get("content-length")
@@ -167,7 +225,7 @@ def create_app(service: ScoringService, warm_up: bool = True) -> Starlette:
                 tasks.start_soon(lambda: anyio.to_thread.run_sync(service.warm_up, abandon_on_cancel=True))
             else:
                 service.ready = True
-            yield
+            yield {HEADER_TIMEOUT: service.limits.timeout_s}
             tasks.cancel_scope.cancel()
 
     routes = [Route("/score", _score, methods=["POST"]), Route("/health", _health, methods=["GET"])]
@@ -179,8 +237,10 @@ def uvicorn_options(host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
                     keep_alive_s: int = 5, graceful_shutdown_s: int = 30, backlog: int = 2048,
                     configure_logging: bool = True) -> dict:
     """uvicorn settings used by serve.py, the tests and the benchmark: the httptools parser (its
-    discarding of unread bodies is what gate 1 relies on), lifespan on (the warm-up), no websockets."""
-    options = dict(host=host, port=port, workers=workers, http="httptools", loop="asyncio", ws="none",
+    discarding of unread bodies is what gate 1 relies on) with the header deadline, lifespan on
+    (the warm-up), no websockets."""
+    options = dict(host=host, port=port, workers=workers, http=DeadlineHttpProtocol,
+                   loop="asyncio", ws="none",
                    lifespan="on", access_log=access_log, timeout_keep_alive=keep_alive_s,
                    timeout_graceful_shutdown=graceful_shutdown_s, backlog=backlog, server_header=False)
     if not configure_logging:
