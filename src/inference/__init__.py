@@ -6,6 +6,7 @@
     results.py    detections -> the JSON entry of one image (normalised corner boxes)
     scoring.py    limits, parsing the /score body, running the predictor, readiness (warm-up)
     server.py     the HTTP scoring endpoint (Starlette on uvicorn: POST /score, GET /health)
+    http_deadline.py  uvicorn HTTP protocol with the request deadline on the headers
 """
 from src.inference.names import load_class_names
 from src.inference.predictor import Predictor, PredictorError
