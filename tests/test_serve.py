@@ -254,7 +254,8 @@ def test_slow_clients_neither_block_valid_requests_nor_outlive_the_request_deadl
             finally:
                 stop.set()
             elapsed = time.monotonic() - started
-    assert answers == ["HTTP/1.1 408 Request Timeout"] * 8
+    # 408, or a reset when a byte crossed the server's close (the 408 is then discarded by the kernel)
+    assert all(a == "HTTP/1.1 408 Request Timeout" or "ConnectionResetError" in a for a in answers), answers
     assert elapsed < 3 + 3  # the deadline plus a margin, not 8 x the per-read timeout
 
 
