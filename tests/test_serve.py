@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -373,9 +375,6 @@ def test_serve_cli_refuses_unusable_limits_before_loading_anything(checkpoint, c
 def test_bench_serve_short_mode(tmp_path):
     """bench/bench_serve.py --short end to end (~25 s): serve.py with the lite config and random
     weights in a subprocess, 1/8/100 loopback clients; every client answered, none reset."""
-    import subprocess
-    import sys
-
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_serve.py"), "--short", "--json", str(out)],
                           cwd=ROOT, env=dict(os.environ, GLOG_v="3"), capture_output=True, text=True, timeout=300)
