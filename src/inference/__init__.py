@@ -4,7 +4,9 @@
     names.py      class names for the output (names file, COCO annotations, or class_N)
     predictor.py  Predictor: images -> detections, from a checkpoint or an exported MINDIR
     results.py    detections -> the JSON entry of one image (normalised corner boxes)
-    server.py     the HTTP scoring endpoint (POST /score, GET /health)
+    scoring.py    limits, parsing the /score body, running the predictor, readiness (warm-up)
+    server.py     the HTTP scoring endpoint (Starlette on uvicorn: POST /score, GET /health)
+    http_deadline.py  uvicorn HTTP protocol with the request deadline on the headers
     model_files.py  a checkpoint / MINDIR -> the config and class names it carries
     api.py        load_detector(path)(images): the one-line Python API
 """
