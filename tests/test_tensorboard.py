@@ -174,3 +174,16 @@ def test_training_with_evaluation_keeps_the_best_checkpoint(data_dir, tmp_path):
     assert len(weights) > 10
     same = all(np.array_equal(best[k].asnumpy(), last[k].asnumpy()) for k in weights)
     assert same == (best_epoch == 3)
+
+
+def test_training_log_without_matplotlib_skips_only_the_png(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    progress = TrainProgress(str(tmp_path), total_steps=1, log_every=1, batch_size=1, bar=False, tensorboard=True)
+    progress.update(1, {"loss": 1.0}, lr=0.1)
+    progress.close()
+    assert os.path.isfile(tmp_path / "train_log.csv") and not os.path.exists(tmp_path / "train_curves.png")
+    assert scalars(accumulate(tmp_path), "train/loss") == [(1, 1.0)]
