@@ -110,4 +110,5 @@ def test_tiny_train_eval_infer_with_the_console_commands(installed):
         results = json.load(f)
     assert len(results) == 4 and not any("error" in r for r in results), results
     for record in results:
-        assert os.path.isfile(scratch / "preds" / record["json"]) and os.path.isfile(scratch / "preds" / record["picture"])
+        assert os.path.isfile(scratch / "preds" / record["json"])
+        assert os.path.isfile(scratch / "preds" / record["picture"])

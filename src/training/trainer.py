@@ -246,7 +246,8 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
             if is_main and tcfg.eval_every > 0 and (epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs):
                 metrics = _evaluate_during_training(cfg, detector, priors, opts, epoch, ema, progress)
                 if best.improved_by(metrics["AP"]):
-                    best.save(detector, ema, metrics["AP"], epoch=epoch, step=progress.global_step, config_name=cfg.config_name)
+                    best.save(detector, ema, metrics["AP"], epoch=epoch, step=progress.global_step,
+                              config_name=cfg.config_name)
                 step_fn.set_train(True)
     finally:
         progress.close()
