@@ -1,13 +1,22 @@
-"""Builds the Cython NMS extension ``nms._soft_nms`` (nms/soft_nms.pyx) in place.
+"""Compiled parts of the package; the metadata is in pyproject.toml.
 
-Run ``bash scripts/make.sh`` (= ``python setup.py build_ext --inplace``). This file only
-builds the extension; the project itself is used from the repository root.
+    nms._soft_nms                  Cython soft-NMS (nms/soft_nms.pyx), a Python extension
+    m2det/kernels/_winograd_f23.so the Winograd F(2x2, 3x3) transforms (m2det/kernels/winograd_f23.c), a
+                                   plain C shared library that MindSpore loads as "aot" custom operators
+
+`pip install .` puts both into the installed packages, `pip install -e .` and
+`bash scripts/make.sh` (= `python setup.py build_ext --inplace`) next to their sources,
+where nms/__init__.py and m2det/winograd.py look for them.
 """
+import os
+import shlex
+import subprocess
 import sys
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 if sys.platform == "win32":
     compile_args = ["/O2"]  # MSVC does not contract a*b+c by default
@@ -18,6 +27,41 @@ else:
     # -fno-trapping-math: we never read floating-point exception flags; it allows GCC to
     # turn the selects of the weight loops into branch-free code (values are unchanged).
     compile_args = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
+
+WINOGRAD_SOURCE = os.path.join("m2det", "kernels", "winograd_f23.c")
+WINOGRAD_LIBRARY = os.path.join("m2det", "kernels", "_winograd_f23.so")
+# the same command as scripts/make.sh; the library is not a Python module, so it is compiled
+# directly rather than as an Extension (which would add Python's flags and an ABI-tagged name)
+WINOGRAD_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
+
+
+class BuildExtensionsAndKernels(build_ext):
+    """build_ext, then the Winograd library into the same tree as the extension modules."""
+
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        in_source = self.inplace or getattr(self, "editable_mode", False)
+        targets = [os.path.join(here, WINOGRAD_LIBRARY)] if in_source else []
+        if not self.inplace:
+            targets.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
+        for target in targets:
+            self._compile_winograd(os.path.join(here, WINOGRAD_SOURCE), target)
+
+    def _compile_winograd(self, source: str, target: str) -> None:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = target + ".tmp"
+        command = [os.environ.get("CC", "gcc"), *WINOGRAD_FLAGS, "-o", tmp, source]
+        print("building the Winograd kernels:", shlex.join(command))
+        subprocess.run(command, check=True)
+        os.replace(tmp, target)
+
+    def get_outputs(self):
+        outputs = super().get_outputs()
+        if not self.inplace:
+            outputs.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
+        return outputs
+
 
 extensions = [
     Extension(
@@ -30,11 +74,6 @@ extensions = [
 ]
 
 setup(
-    name="m2det-nms",
-    # explicit empty lists: the repository has several top-level packages and setuptools'
-    # automatic discovery would refuse the flat layout
-    packages=[],
-    py_modules=[],
     ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}),
-    zip_safe=False,
+    cmdclass={"build_ext": BuildExtensionsAndKernels},
 )

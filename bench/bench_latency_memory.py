@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_latency_memory.py              # m2det320_vgg, m2det512_vgg (~10 min on 2 cores)
     .venv/bin/python bench/bench_latency_memory.py --short      # CI: the lite config, one repetition
     .venv/bin/python bench/bench_latency_memory.py --eval configs/m2det_lite.yaml CKPT --data_dir D
+    .venv/bin/python bench/bench_latency_memory.py --latency    # README's models table: inference only,
+                                                                # every lite config (or --configs ...)
 
 Every measurement runs in a fresh process (`--worker`), so that its peak resident set size
 (getrusage ru_maxrss) belongs to that case alone:
@@ -42,6 +44,8 @@ sys.path.insert(0, ROOT)
 
 FULL_CONFIGS = ["configs/m2det320_vgg.yaml", "configs/m2det512_vgg.yaml"]
 SHORT_CONFIGS = ["configs/m2det_lite.yaml"]
+LATENCY_CONFIGS = ["configs/m2det_lite.yaml", "configs/m2det_lite_retina.yaml", "configs/m2det_lite_atss.yaml",
+                   "configs/m2det_lite_umop.yaml", "configs/m2det_lite_gfl.yaml", "configs/m2det_lite_vfnet.yaml"]
 WORKERS = ("infer", "train", "torch_infer", "torch_train")
 
 
@@ -246,6 +250,9 @@ def eval_split(config: str, checkpoint: str, data_dir: str, overrides, threads: 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="CI mode: lite config, one repetition")
+    parser.add_argument("--latency", action="store_true",
+                        help="inference latency only (batch 1, BatchNorm folded, the config's test.winograd): "
+                             "no training or PyTorch workers; default configs: the lite ones")
     parser.add_argument("--configs", nargs="+")
     parser.add_argument("--reps", type=int, help="timed repetitions (full: 5, short: 1)")
     parser.add_argument("--threads", type=int, default=2)
@@ -260,12 +267,15 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    args.configs = args.configs or (SHORT_CONFIGS if args.short else FULL_CONFIGS)
+    if args.latency:
+        args.no_train = args.no_torch = True
+    args.configs = args.configs or (SHORT_CONFIGS if args.short else LATENCY_CONFIGS if args.latency
+                                    else FULL_CONFIGS)
     args.reps = args.reps or (1 if args.short else 5)
     if args.worker:
         return run_worker(args)
 
-    from bench.harness import markdown_table
+    from bench.harness import machine_description, markdown_table
 
     result = {}
     if args.eval:
@@ -296,6 +306,11 @@ def main(argv=None) -> int:
               f"{r['preprocess_ms']:.1f} + {r['network_ms']:.0f} + {r['postprocess_ms']:.1f} ms",
               r["candidates"]] for r in latency]))
         print()
+        if args.latency:
+            print(f"batch 1, {args.threads} threads, median of {args.reps}; {machine_description()}")
+            if args.json:
+                _write_json(args.json, result)
+            return 0
 
         def mib(row, worker):
             if worker not in row:
@@ -308,9 +323,13 @@ def main(argv=None) -> int:
             [[r["config"], mib(r, "infer"), mib(r, "train"), mib(r, "torch_infer"), mib(r, "torch_train"),
               f"{r['infer']['import_rss_mib']:,.0f}"] for r in memory]))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: str, result: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the compiled parts in place:
-#   nms/_soft_nms*.so               the Cython soft-NMS (python setup.py build_ext --inplace)
-#   m2det/kernels/_winograd_f23.so  the Winograd transforms (m2det/winograd.py; MindSpore aot custom ops)
+#   nms/_soft_nms*.so               the Cython soft-NMS
+#   m2det/kernels/_winograd_f23.so  the Winograd transforms (m2det/winograd.py; MindSpore aot custom ops; $CC, default gcc)
+# both by `python setup.py build_ext --inplace` (`pip install .` builds the same into the installed package).
 #
 # Python used: $PYTHON if set, else `python` on PATH if it has Cython and NumPy, else the
 # repository's .venv/bin/python (so `bash scripts/make.sh` works without activating it).
@@ -18,10 +19,5 @@ else
     echo "make.sh: no python with Cython and NumPy found (set PYTHON=...)" >&2
     exit 1
 fi
-echo "make.sh: building nms._soft_nms with $("$py" -c 'import sys; print(sys.executable)')"
+echo "make.sh: building nms._soft_nms and m2det/kernels/_winograd_f23.so with $("$py" -c 'import sys; print(sys.executable)')"
 "$py" setup.py build_ext --inplace
-cc="${CC:-gcc}"
-echo "make.sh: building m2det/kernels/_winograd_f23.so with $cc"
-"$cc" -O3 -fopenmp -shared -fPIC -std=c99 -Wall -Wextra -Werror \
-    -o m2det/kernels/_winograd_f23.so.tmp m2det/kernels/winograd_f23.c
-mv m2det/kernels/_winograd_f23.so.tmp m2det/kernels/_winograd_f23.so

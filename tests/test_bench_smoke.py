@@ -72,6 +72,15 @@ def test_latency_memory_worker():
     assert result["total_ms"] == result["preprocess_ms"] + result["network_ms"] + result["postprocess_ms"]
 
 
+def test_latency_mode_runs_inference_workers_only(tmp_path):
+    out = tmp_path / "latency.json"
+    stdout = run("bench_latency_memory.py", "--latency", "--configs", TINY, "--reps", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert [r["worker"] for r in result["latency"]] == ["infer"]
+    assert list(result["memory"][0]) == ["config", "infer"]          # no training or PyTorch worker ran
+    assert "| tiny | 128 |" in stdout and "batch 1, 2 threads, median of 1" in stdout
+
+
 @pytest.mark.parametrize("overrides", [[], ["model.backbone.batch_norm=true"]])
 def test_torch_twin_is_the_same_network(overrides):
     """The benchmark is only meaningful if both frameworks run the same function: the weights go

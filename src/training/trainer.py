@@ -15,6 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import cv2
 import mindspore as ms
 import numpy as np
 
@@ -22,8 +23,9 @@ from src.builder import build_detector, build_priors
 from src.data.pipeline import create_train_dataset
 from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
-from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights, read_checkpoint,
-                                     restore_training_state, select_resume_checkpoint)
+from src.training.checkpoint import (CheckpointError, CheckpointManager, checkpoint_meta, load_backbone_weights,
+                                     read_checkpoint, restore_training_state, save_checkpoint,
+                                     select_resume_checkpoint)
 from src.training.distributed import GracefulStop, weights_digest
 from src.training.ema import ModelEMA
 from src.training.load_from import load_pretrained
@@ -250,7 +252,10 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
 
     total_steps = tcfg.epochs * steps_per_epoch
     progress = TrainProgress(opts.output_dir if is_main else None, total_steps, tcfg.log_every, global_batch,
-                             start.step, bar=opts.progress_bar if is_main else False)
+                             start.step, bar=opts.progress_bar if is_main else False,
+                             tensorboard=tcfg.tensorboard)
+    best = _BestCheckpoint(os.path.join(opts.output_dir, f"{cfg.config_name}_best.ckpt"),
+                           resumed=start.path is not None)
     part_names = ["loss"] + list(detector.head.loss_names)
     last = {}
     saved = []
@@ -308,8 +313,11 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
                             dataset.data_info.skip_summary())
             if is_main and (epoch % tcfg.save_every == 0 or epoch == tcfg.epochs):
                 save(epoch)
-            if is_main and tcfg.eval_every > 0 and epoch % tcfg.eval_every == 0 and epoch != tcfg.epochs:
-                _evaluate_during_training(cfg, detector, priors, opts, epoch, ema)
+            if is_main and tcfg.eval_every > 0 and (epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs):
+                metrics = _evaluate_during_training(cfg, detector, priors, opts, epoch, ema, progress)
+                if best.improved_by(metrics["AP"]):
+                    best.save(detector, ema, metrics["AP"], epoch=epoch, step=progress.global_step,
+                              config_name=cfg.config_name, **model_entries)
                 step_fn.set_train(True)
     finally:
         progress.close()
@@ -321,18 +329,68 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
     if skipped:
         log.info("%d of %d steps skipped on gradient overflow (loss scale %.0f)", skipped, progress.global_step,
                  float(loss_scale.value.asnumpy()))
-    return {"epoch": tcfg.epochs, "losses": last, "checkpoints": saved, "steps": progress.global_step,
-            "skipped_steps": skipped}
+    summary = {"epoch": tcfg.epochs, "losses": last, "checkpoints": saved, "steps": progress.global_step,
+               "skipped_steps": skipped}
+    if best.ap is not None:
+        summary.update(best_checkpoint=best.path, best_AP=best.ap)
+    return summary
 
 
-def _evaluate_during_training(cfg, detector, priors, opts: TrainOptions, epoch: int, ema=None) -> None:
+class _BestCheckpoint:
+    """`<prefix>_best.ckpt`: the weights of the evaluation with the highest AP so far.
+
+    Its name does not match the epoch pattern, so rotation and `--resume auto` leave it alone.
+    A resumed run continues from the AP stored in the file; a fresh run replaces it at its
+    first evaluation.
+    """
+
+    def __init__(self, path: str, resumed: bool):
+        self.path = path
+        self.ap: float | None = None
+        if resumed and os.path.isfile(path):
+            try:
+                value = read_checkpoint(path)["best_AP"]
+                self.ap = float(value.asnumpy() if hasattr(value, "asnumpy") else value)
+            except (CheckpointError, KeyError) as exc:
+                log.warning("ignoring the earlier best checkpoint %s: %s", path, exc)
+
+    def improved_by(self, ap: float) -> bool:
+        return self.ap is None or ap > self.ap
+
+    def save(self, detector, ema, ap: float, **meta) -> None:
+        """Atomically (save_checkpoint writes a temporary file and renames it)."""
+        save_checkpoint(self.path, detector, ema=ema, best_AP=float(ap), **meta)
+        self.ap = float(ap)
+        log.info("best AP so far %.4f: saved %s", self.ap, self.path)
+
+
+def _detection_pictures(folder: str) -> list[tuple[str, bytes, int, int]]:
+    """The pictures evaluate(draw=...) wrote to `folder`, as (tag, JPEG bytes, height, width)."""
+    pictures = []
+    if not os.path.isdir(folder):
+        return pictures
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            encoded = f.read()
+        image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            pictures.append((f"detections/{os.path.splitext(name)[0]}", encoded, image.shape[0], image.shape[1]))
+    return pictures
+
+
+def _evaluate_during_training(cfg, detector, priors, opts: TrainOptions, epoch: int, ema=None,
+                              progress: TrainProgress | None = None) -> dict:
     detector.set_train(False)
     if ema is not None:
         ema.swap()      # evaluate the averaged weights, as eval.py does on the checkpoint
+    out_dir = os.path.join(opts.output_dir, f"eval_epoch{epoch:04d}")
     try:
-        metrics = evaluate(cfg, detector, priors, out_dir=os.path.join(opts.output_dir, f"eval_epoch{epoch:04d}"))
+        metrics = evaluate(cfg, detector, priors, out_dir=out_dir, draw=cfg.train.eval_pictures)
     finally:
         if ema is not None:
             ema.swap()
     log.info("epoch %d: AP %.4f AP50 %.4f AP75 %.4f%s", epoch, metrics["AP"], metrics["AP50"], metrics["AP75"],
              " (EMA weights)" if ema is not None else "")
+    if progress is not None:
+        progress.log_evaluation(epoch, metrics, _detection_pictures(os.path.join(out_dir, "pictures")))
+    return metrics

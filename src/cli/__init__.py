@@ -1,0 +1,2 @@
+"""The command-line programs: `m2det-<name>` (pyproject.toml) and `python <name>.py` both call
+`src.cli.<name>.main`."""
