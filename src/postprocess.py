@@ -5,7 +5,7 @@
     --scale_boxes-->  pixels of the original image
         --detect-->  per class: score > score_threshold -> x score factor -> (soft-)NMS
                      -> top keep_per_class, then top max_per_image over all classes
-        -->  boxes (K, 4), scores (K,), labels (K,) = dataset label + 1
+        -->  boxes (K, 4), scores (K,), labels (K,): class labels (0-based, heads/labels.py)
 
 Scores are either softmax with the background in column 0 (multibox head; classes are
 columns 1..C-1) or per-class sigmoids without a background column (dense heads; column c is
@@ -35,7 +35,7 @@ class Detections(NamedTuple):
 
     boxes: np.ndarray   # (K, 4) float32 corners (x1, y1, x2, y2)
     scores: np.ndarray  # (K,) float32
-    labels: np.ndarray  # (K,) int64 score-column index, 1..C-1 (dataset label + 1)
+    labels: np.ndarray  # (K,) int64 class labels, 0-based (heads/labels.py)
 
 
 def scale_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -95,8 +95,8 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
     Returns:
         :class:`Detections` ``(boxes (K, 4) float32, scores (K,) float32, labels (K,)
         int64)``, sorted by decreasing score (ties: class order, then NMS order).
-        ``labels`` are the dataset's 0-based label + 1 (the score-column index when column 0
-        is the background) - see ``src.evaluation.coco_eval.detections_to_coco``.
+        ``labels`` are class labels (heads/labels.py): the dataset's 0-based label, whether or
+        not the scores had a background column.
 
     The reference's soft-NMS call and why the defaults are what they are: the reference
     runs ``cpu_soft_nms(dets, 0.45, method=1)`` against the signature
@@ -140,7 +140,7 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         kept = _suppress(dets, nms_method, nms_threshold, soft_sigma, soft_min_score, pixel_offset)
         if keep_per_class is not None and keep_per_class > 0:
             kept = kept[:keep_per_class]
-        per_class.append((kept, c + 1))
+        per_class.append((kept, c))
 
     dets = np.concatenate([k for k, _ in per_class])
     labels = np.concatenate([np.full(len(k), c, dtype=np.int64) for k, c in per_class])

@@ -58,7 +58,7 @@ def test_no_cap_keeps_fifty_per_class_beyond_a_hundred():
     scores[:, 1:] = np.linspace(0.9, 0.2, 60, dtype=np.float32)[:, None]
     kwargs = detect_kwargs(cfg_of("m2det512_vgg"))
     out = detect(boxes, scores, **kwargs)
-    assert len(out.scores) == 150 and np.bincount(out.labels).tolist() == [0, 50, 50, 50]
+    assert len(out.scores) == 150 and np.bincount(out.labels).tolist() == [50, 50, 50]
     assert len(detect(boxes, scores, **dict(kwargs, max_per_image=100)).scores) == 100
 
 
@@ -97,12 +97,13 @@ def test_reader_follows_the_convention(tmp_path):
 def test_switch_reaches_reader_nms_and_results(tmp_path):
     ann, images = write_dataset(tmp_path)
     for name, on in (("m2det512_vgg", True), ("atss_r50_fpn_1x", False)):
-        cfg = cfg_of(name, f"data.root={tmp_path}", "data.train_ann=ann.json", "data.train_images=images")
+        cfg = cfg_of(name, f"data.root={tmp_path}", "data.train_ann=ann.json", "data.train_images=images",
+                     "model.num_classes=2")
         reader = build_reader(cfg, "train")
         assert reader.pixel_offset is on and detect_kwargs(cfg)["pixel_offset"] is on
         # reading then writing a GT box gives back its COCO bbox in either convention
         boxes = reader.annotations(0)[0][:2]
-        res = detections_to_coco(1, boxes, [0.9, 0.8], [1, 1], [1], pixel_offset=on)
+        res = detections_to_coco(1, boxes, [0.9, 0.8], [0, 0], [1], pixel_offset=on)
         assert [r["bbox"] for r in res] == [[10, 20, 30, 40], [90, 0, 10, 80]]
 
 

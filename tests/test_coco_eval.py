@@ -53,14 +53,14 @@ def load_coco(path):
 
 
 def gt_as_detections(shift=(0.0, 0.0), score=1.0):
-    """detect()-style outputs (corners, score-column labels) of every non-crowd object."""
+    """detect()-style outputs (corners, class labels) of every non-crowd object."""
     results = []
     for k, (image_id, objs) in enumerate(OBJECTS.items()):
         objs = [o for o in objs if not o[2]]
         boxes = np.array([[x + shift[0], y + shift[1], x + w + shift[0], y + h + shift[1]]
                           for _, (x, y, w, h), _ in objs], dtype=np.float32).reshape(-1, 4)
         scores = np.full(len(objs), score) - 0.01 * np.arange(len(objs)) - 0.001 * k
-        labels = np.array([LABEL_TO_CAT.index(cat) + 1 for cat, _, _ in objs])
+        labels = np.array([LABEL_TO_CAT.index(cat) for cat, _, _ in objs])
         results += detections_to_coco(image_id, boxes, scores, labels, LABEL_TO_CAT)
     return results
 
@@ -134,24 +134,24 @@ def test_unknown_image_id_is_rejected(gt_json):
 
 def test_detections_to_coco_conversion():
     boxes = np.array([[10.123, 20.0, 30.0, 60.5], [0, 0, 9, 9]], np.float32)
-    res = detections_to_coco(5, boxes, np.array([0.876543, 0.001]), np.array([3, 1]), LABEL_TO_CAT)
+    res = detections_to_coco(5, boxes, np.array([0.876543, 0.001]), np.array([2, 0]), LABEL_TO_CAT)
     assert res[0] == {"image_id": 5, "category_id": 7, "bbox": [10.12, 20.0, 19.88, 40.5],
                       "score": 0.87654}
     assert res[1]["category_id"] == 1 and res[1]["bbox"] == [0.0, 0.0, 9.0, 9.0]
     assert res[1]["score"] == 0.001
     assert all(type(v) is float for r in res for v in r["bbox"] + [r["score"]])
-    # "+1 pixel" widths, a dict mapping and dataset labels (offset 0)
-    res = detections_to_coco(5, boxes[1:], [0.5], [2], {2: 42}, label_offset=0, pixel_offset=True)
+    # "+1 pixel" widths and a dict mapping
+    res = detections_to_coco(5, boxes[1:], [0.5], [2], {2: 42}, pixel_offset=True)
     assert res[0]["category_id"] == 42 and res[0]["bbox"] == [0.0, 0.0, 10.0, 10.0]
     assert detections_to_coco(5, np.zeros((0, 4)), [], [], LABEL_TO_CAT) == []
 
 
 def test_detections_to_coco_rejects_unmapped_labels():
     box = np.array([[0, 0, 1, 1]], np.float32)
-    with pytest.raises(ValueError, match="label_offset"):
-        detections_to_coco(1, box, [0.5], [0], LABEL_TO_CAT)  # background column
-    with pytest.raises(ValueError, match="label_offset"):
-        detections_to_coco(1, box, [0.5], [4], LABEL_TO_CAT)
+    with pytest.raises(ValueError, match="no category id"):
+        detections_to_coco(1, box, [0.5], [-1], LABEL_TO_CAT)  # background is not a class
+    with pytest.raises(ValueError, match="no category id"):
+        detections_to_coco(1, box, [0.5], [len(LABEL_TO_CAT)], LABEL_TO_CAT)
     with pytest.raises(ValueError, match="boxes"):
         detections_to_coco(1, box, [0.5, 0.4], [1], LABEL_TO_CAT)
 

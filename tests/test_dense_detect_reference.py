@@ -53,7 +53,7 @@ def greedy_nms(boxes, scores, thr):
 
 
 def mmdet_reference(cls_logits, boxes, ctr_logits, counts, nms_pre, score_thr=0.05, iou_thr=0.6, max_num=100):
-    """(boxes (K, 4), scores (K,), labels (K,) = class + 1) of one image, mmdetection 2.14's way."""
+    """(boxes (K, 4), scores (K,), labels (K,) = class) of one image, mmdetection 2.14's way."""
     scores = ref.sigmoid(cls_logits.astype(np.float64))
     factors = None if ctr_logits is None else ref.sigmoid(ctr_logits.astype(np.float64)).reshape(-1)
     kept, start = [], 0
@@ -75,7 +75,7 @@ def mmdet_reference(cls_logits, boxes, ctr_logits, counts, nms_pre, score_thr=0.
         keep = greedy_nms(cand_b, cand_s, iou_thr)
         out_b.append(cand_b[keep])
         out_s.append(cand_s[keep])
-        out_l.append(np.full(keep.size, c + 1))
+        out_l.append(np.full(keep.size, c))
     out_b, out_s, out_l = (np.concatenate(x) for x in (out_b, out_s, out_l))
     order = np.argsort(-out_s, kind="stable")[:max_num]
     return out_b[order], out_s[order], out_l[order]
@@ -95,7 +95,7 @@ def test_centerness_multiplies_after_the_threshold():
     dets = ours(head, outputs)
     assert len(dets.scores) == 1
     np.testing.assert_allclose(dets.scores, [0.04], rtol=1e-5)
-    assert dets.labels.tolist() == [2]                      # class column 1 -> dataset label 1 + 1
+    assert dets.labels.tolist() == [1]                      # class column 1 of a sigmoid head = label 1
     anchors = np.concatenate([a.asnumpy() for a in outputs[3:]])
     np.testing.assert_allclose(dets.boxes[0], anchors[37], atol=1e-4)
 

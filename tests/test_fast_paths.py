@@ -2,7 +2,8 @@
 
     post-processing  candidate extraction (postprocess._candidates) == np.nonzero((fg > t).T);
                      SSDOutputDecoder.decode == SSDBoxCoder.decode, bit for bit;
-                     detect() == the loop as it was written before, for every NMS method
+                     detect() == the release's per-class loop (tests/reference/detect_loop.py),
+                     for every NMS method
     inference        the BN-folded network the benchmarks time (bench/harness.folded_copy)
                      == the Detector in GRAPH mode, to its own float32 rounding (see the test)
 """
@@ -16,40 +17,11 @@ from heads.box_coder import SSDBoxCoder
 from src.builder import build_detector, build_priors
 from src import postprocess
 from src.config import load_config
-from src.postprocess import Detections, SSDOutputDecoder, detect
+from src.postprocess import SSDOutputDecoder, detect
+from tests.reference.detect_loop import per_class_loop_detect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
-
-
-def detect_before(boxes, scores, *, score_threshold=0.1, nms_method="linear", nms_threshold=0.3, soft_sigma=0.5,
-                  soft_min_score=0.001, keep_per_class=50, max_per_image=100, pixel_offset=True,
-                  has_background=True):
-    """postprocess.detect as written before the fast candidate extraction (the reference)."""
-    boxes = np.asarray(boxes, dtype=np.float32)
-    fg = scores[:, 1:] if has_background else scores
-    cls, rows = np.nonzero((fg > score_threshold).T)
-    if cls.size == 0:
-        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
-    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
-    ends = np.r_[starts[1:], cls.size]
-    per_class = []
-    for a, b in zip(starts, ends):
-        c = int(cls[a])
-        r = rows[a:b]
-        dets = np.empty((r.size, 5), dtype=np.float32)
-        dets[:, :4] = boxes[r]
-        dets[:, 4] = fg[r, c]
-        kept = postprocess._suppress(dets, nms_method, nms_threshold, soft_sigma, soft_min_score, pixel_offset)
-        if keep_per_class is not None and keep_per_class > 0:
-            kept = kept[:keep_per_class]
-        per_class.append((kept, c + 1))
-    dets = np.concatenate([k for k, _ in per_class])
-    labels = np.concatenate([np.full(len(k), c, dtype=np.int64) for k, c in per_class])
-    order = np.argsort(-dets[:, 4], kind="stable")
-    if max_per_image is not None and max_per_image > 0:
-        order = order[:max_per_image]
-    return Detections(dets[order, :4], dets[order, 4], labels[order])
 
 
 def score_field(rng, num_priors, num_classes, hot=300, dtype=np.float32):
@@ -122,7 +94,7 @@ def test_detect_unchanged(method, has_background):
                       nms_threshold=0.5 if method == "nms" else 0.3)
         for extra in ({}, {"keep_per_class": 0, "max_per_image": 0}, {"score_threshold": 0.02}):
             got = detect(boxes, scores, **kwargs, **extra)
-            expected = detect_before(boxes, scores, **kwargs, **extra)
+            expected = per_class_loop_detect(boxes, scores, **kwargs, **extra)
             for a, b in zip(got, expected):
                 assert a.dtype == b.dtype
                 np.testing.assert_array_equal(a, b)

@@ -122,7 +122,7 @@ def test_mindir_predictor_decodes_like_the_checkpoint(model, mindir):
 
 def test_json_entry():
     dets = Detections(np.array([[10, 20, 60, 100], [-5, 0, 250, 50]], np.float32), np.array([0.9, 0.5], np.float32),
-                      np.array([2, 1], np.int64))
+                      np.array([1, 0], np.int64))
     entry = detections_to_entry(dets, width=200, height=100, names=["cat", "dog"])
     assert entry == {"boxes": [
         {"box": {"topX": 0.05, "topY": 0.2, "bottomX": 0.3, "bottomY": 1.0}, "label": "dog", "score": 0.9},

@@ -89,7 +89,7 @@ class StandInPredictor:
         if first and self.hold_first is not None:
             assert self.hold_first.wait(30)
         time.sleep(self.delay)
-        return [Detections(np.array([[2, 3, 12, 13]], np.float32), np.array([0.9], np.float32), np.array([2]))
+        return [Detections(np.array([[2, 3, 12, 13]], np.float32), np.array([0.9], np.float32), np.array([1]))
                 for _ in images]
 
 

@@ -86,7 +86,7 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
             write_json_atomic(os.path.join(args.out, stem + ".json"), entry, indent=1)
             record = {"image": path, "json": stem + ".json"}
             if args.pictures:
-                picture = draw_detections(image, dets.boxes, dets.scores, dets.labels - 1, names, score_threshold=0.0)
+                picture = draw_detections(image, dets.boxes, dets.scores, dets.labels, names, score_threshold=0.0)
                 cv2.imwrite(os.path.join(args.out, stem + ".jpg"), picture)
                 record["picture"] = stem + ".jpg"
             summary.append({**record, **entry})

@@ -1,14 +1,12 @@
 """COCO box evaluation helpers: detections -> COCO results, pycocotools COCOeval -> metrics.
 
-    detect() output (labels = score column)  --detections_to_coco-->  [{"image_id", "category_id",
+    detect() output (class labels)  --detections_to_coco-->  [{"image_id", "category_id",
     "bbox": [x, y, w, h], "score"}, ...]  --evaluate_coco-->  {"AP", "AP50", ..., "ARl"}
                                                                (+ per-class AP, files in out_dir)
 
-Label conventions, in one place: the dataset's contiguous labels are 0-based
-(0..num_fg-1); the SSD head's score column of dataset label L is L + 1 (column 0 is
-background); ``detect()`` returns score columns. ``detections_to_coco`` subtracts
-``label_offset`` (1) to get back to the dataset label, then maps it to the COCO
-category id with the dataset's ``label -> category id`` list.
+Labels are class labels (heads/labels.py: the dataset's contiguous 0-based labels, which is
+what ``detect()`` returns); ``detections_to_coco`` maps them to COCO category ids with the
+dataset's ``label -> category id`` list.
 """
 from __future__ import annotations
 
@@ -35,19 +33,16 @@ LabelMap = Union[Sequence[int], Mapping[int, int], np.ndarray]
 
 
 def detections_to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                       label_to_cat_id: LabelMap, *, label_offset: int = 1,
-                       pixel_offset: bool = False) -> List[Dict[str, Any]]:
+                       label_to_cat_id: LabelMap, *, pixel_offset: bool = False) -> List[Dict[str, Any]]:
     """One image's detections as COCO result dicts.
 
     Args:
         image_id: the COCO image id.
         boxes: (K, 4) corners (x1, y1, x2, y2) in pixels of the original image.
         scores: (K,).
-        labels: (K,) as returned by ``detect()``: score-column indices (1-based).
+        labels: (K,) class labels as returned by ``detect()`` (0-based dataset labels).
         label_to_cat_id: dataset label (0-based) -> COCO category id, as a list/array
             (index = label) or a dict.
-        label_offset: subtracted from ``labels`` to get the dataset label; 1 for the SSD
-            head's score columns, 0 if ``labels`` already are dataset labels.
         pixel_offset: False (default): COCO width = x2 - x1, for boxes in continuous
             coordinates (x2 = x + w). True: width = x2 - x1 + 1, for the "+1 pixel"
             convention (x2 = x + w - 1, as the reference's data loader converts COCO
@@ -60,7 +55,7 @@ def detections_to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, lab
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    dataset_labels = np.asarray(labels).reshape(-1).astype(np.int64) - label_offset
+    dataset_labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if not boxes.shape[0] == scores.shape[0] == dataset_labels.shape[0]:
         raise ValueError(f"got {boxes.shape[0]} boxes, {scores.shape[0]} scores and "
                          f"{dataset_labels.shape[0]} labels")
@@ -82,8 +77,8 @@ def _category_id(label_to_cat_id: LabelMap, label: int) -> int:
             raise IndexError  # a negative list index would silently wrap around
         return int(label_to_cat_id[label])
     except (IndexError, KeyError):
-        raise ValueError(f"dataset label {label} has no category id (is label_offset right? "
-                         f"detect() labels are dataset label + 1)") from None
+        raise ValueError(f"class label {label} has no category id (the dataset has "
+                         f"{len(label_to_cat_id)} classes)") from None
 
 
 def _load_gt(coco_gt: Union[COCO, str, os.PathLike]) -> COCO:

@@ -142,8 +142,7 @@ def _draw(reader, drawn, names, folder: str) -> None:
         image = reader.load_image(index_of[image_id])
         if image is None:
             continue
-        # detect() labels are dataset labels + 1; names are indexed by dataset label (0..K-1)
-        picture = draw_detections(image, dets.boxes, dets.scores, dets.labels - 1, names)
+        picture = draw_detections(image, dets.boxes, dets.scores, dets.labels, names)
         cv2.imwrite(os.path.join(folder, f"{image_id}.jpg"), picture)
 
 

@@ -64,7 +64,7 @@ class LoadedDetector:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         results = []
         for dets in self.predictor.predict([self._image(i) for i in items], threshold):
-            labels = np.asarray(dets.labels, dtype=np.int64) - 1     # score column -> dataset label
+            labels = np.asarray(dets.labels, dtype=np.int64)
             results.append(DetectionResult(np.asarray(dets.boxes, np.float32), np.asarray(dets.scores, np.float32),
                                            labels, [self.class_names[k] for k in labels]))
         return results[0] if single else results

@@ -5,7 +5,7 @@ Checkpoints carry no class names, so they come from, in this order:
    or a COCO annotation file;
 2. `ann_file`: a COCO annotation file; names of its categories sorted by category id, which is
    how the training reader numbers the labels (src/data/coco.py);
-3. otherwise "class_N", N the 0-based dataset label (score column N + 1 of the multibox head).
+3. otherwise "class_N", N the 0-based class label.
 Either file must name exactly the config's foreground classes (model.num_classes - 1).
 """
 from __future__ import annotations

@@ -19,15 +19,13 @@ DIGITS = 6
 
 def detections_to_entry(dets: Detections, width: int, height: int, names: Sequence[str]) -> dict:
     """`dets` in pixels of a width x height image -> {"boxes": [...]}.
-
-    detect() labels are dataset labels + 1 (score column of the multibox head), so the name of
-    label l is names[l - 1].
+    Labels are class labels (0-based): the name of label l is names[l].
     """
     scale = np.array([width, height, width, height], dtype=np.float64)
     boxes = np.clip(np.asarray(dets.boxes, dtype=np.float64).reshape(-1, 4) / scale, 0.0, 1.0)
     out = []
     for (x1, y1, x2, y2), score, label in zip(boxes, dets.scores, dets.labels):
-        k = int(label) - 1
+        k = int(label)
         out.append({"box": {"topX": round(float(x1), DIGITS), "topY": round(float(y1), DIGITS),
                             "bottomX": round(float(x2), DIGITS), "bottomY": round(float(y2), DIGITS)},
                     "label": names[k] if 0 <= k < len(names) else f"class_{k}",
