@@ -3,7 +3,7 @@
 Workload: one image's post-processing as M2Det does it, 80 classes x 1000 candidate boxes,
 one soft-NMS call per class. The boxes are clustered like real detections (jittered copies
 of a few objects, plus some background clutter) in a 640x480 image; scores are uniform in
-(0.1, 1), the range that reaches soft-NMS after the 0.1 score threshold (SPEC 1.10).
+(0.1, 1), the range that reaches soft-NMS after the 0.1 score threshold (REFERENCE 1.10).
 
 Prints the median wall time over several repetitions and the speed-up, and asserts that
 both implementations return identical arrays.

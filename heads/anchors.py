@@ -1,4 +1,4 @@
-"""Grid anchors of the shared one-stage heads (SPEC 2.1), mmdetection v2 layout.
+"""Grid anchors of the shared one-stage heads (REFERENCE 2.1), mmdetection v2 layout.
 
 Level l has stride s_l and a feature map of H_l x W_l cells. Its base anchors, centred at the
 origin, have for every aspect ratio r (= height / width) and scale k

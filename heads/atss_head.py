@@ -1,6 +1,6 @@
 """ATSS head (focal + GIoU + centerness), and UMOP as the same head with the progressive focal loss.
 
-Per level (convs shared across levels, SPEC 2.1):
+Per level (convs shared across levels, REFERENCE 2.1):
     cls: 4 x [3x3 conv, GN(32), ReLU] -> 3x3 conv -> C logits (bias -log 99)
     reg: 4 x [3x3 conv, GN(32), ReLU] -> 3x3 conv -> Scale_l -> 4 deltas
                                       -> 3x3 conv -> 1 centerness logit
@@ -8,10 +8,10 @@ One square anchor of 8 x stride per cell (`AnchorGenerator.atss`), no half-strid
 Deltas are DeltaXYWH with stds (0.1, 0.1, 0.2, 0.2) and are decoded in the graph, because the
 box loss is a GIoU on decoded boxes.
 
-Targets (src/data/dense_targets.py, ATSS assignment SPEC 2.2): labels (B, N) int32 (-1 =
+Targets (src/data/dense_targets.py, ATSS assignment REFERENCE 2.2): labels (B, N) int32 (-1 =
 background) and the assigned GT box (B, N, 4) in input pixels.
 
-Loss (SPEC 2.3 / 2.4):
+Loss (REFERENCE 2.3 / 2.4):
     cls        = focal (alpha .25, gamma 2) / N            [UMOP: progressive focal / N]
     box        = 2.0 * sum(GIoU loss * centerness target) / sum(centerness target)
     centerness = BCE(centerness logit, centerness target) over positives / N
@@ -46,9 +46,9 @@ class ATSSHead(nn.Cell):
         in_levels: the neck's output levels (all with the same channel count).
         num_classes: foreground classes C (sigmoid).
         feat_channels: tower width (256). stacked_convs: convs per tower (4).
-        cls_loss: "focal" (ATSS) or "progressive_focal" (UMOP, SPEC 2.3).
+        cls_loss: "focal" (ATSS) or "progressive_focal" (UMOP, REFERENCE 2.3).
         nms_pre: test candidates kept per level (1000; 0 = all).
-        loss_cls_weight, loss_box_weight, loss_centerness_weight: 1.0, 2.0, 1.0 (SPEC 2.4).
+        loss_cls_weight, loss_box_weight, loss_centerness_weight: 1.0, 2.0, 1.0 (REFERENCE 2.4).
 
     `construct(features)` -> (cls (B, N, C), deltas (B, N, 4), centerness (B, N, 1), *anchors),
     one (N_l, 4) anchor tensor per level. `predict(outputs)` -> (boxes (B, K, 4) input pixels, sigmoid class

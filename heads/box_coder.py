@@ -1,4 +1,4 @@
-"""SSD box coding with variances (SPEC 1.8).
+"""SSD box coding with variances (REFERENCE 1.8).
 
     encode:  t_xy = (g_c - p_c) / (v0 * p_wh),   t_wh = log(g_wh / p_wh) / v1
     decode:  c = p_c + t_xy * v0 * p_wh,         wh = p_wh * exp(min(t_wh * v1, log(1000/16)))

@@ -3,7 +3,7 @@
 Used by the data pipeline (SSD crop, target assignment) and by any head whose
 targets are built on the host. No "+1 pixel" convention here: a box's width is
 x2 - x1, as in the SSD matcher (the +1 convention only appears in the reference
-soft-NMS, SPEC 1.10, which has its own IoU).
+soft-NMS, REFERENCE 1.10, which has its own IoU).
 """
 from __future__ import annotations
 

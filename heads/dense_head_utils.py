@@ -3,10 +3,10 @@
 Each is a plain function or a tiny cell, so a head reads as "tower -> predictor convs -> loss
 functions" without inheriting from another head:
 
-- `conv_tower`: N x [3x3 conv, GroupNorm, ReLU] (SPEC 2.1; GN convs have no bias).
+- `conv_tower`: N x [3x3 conv, GroupNorm, ReLU] (REFERENCE 2.1; GN convs have no bias).
 - `Scale`: the learnable per-level scalar on a regression output (init 1.0).
 - `predictor_conv`: the last 3x3 conv of a branch, normal(0, 0.01) weights, constant bias
-  (`prior_bias(0.01)` = -log(99) for classification, SPEC 2.1).
+  (`prior_bias(0.01)` = -log(99) for classification, REFERENCE 2.1).
 - `LevelPriors`: the anchors of every level, computed in the graph from the feature-map
   shapes (one tensor per level, so the per-level counts stay static), so one cell serves any
   input size (multi-scale training). The values are those of
@@ -15,8 +15,8 @@ functions" without inheriting from another head:
   them without knowing the input size.
 - box coding in MindSpore ops: `delta_encode` / `delta_decode` (mmdetection's
   DeltaXYWHBBoxCoder), `distance2bbox` / `bbox2distance` (point + (l, t, r, b)).
-- `batch_positive_count`, `DeviceMean`: the normalisers of SPEC 2.3 / 2.4.
-- `topk_per_level`: the test-time "keep the best nms_pre per level" (SPEC 2.1), in the graph
+- `batch_positive_count`, `DeviceMean`: the normalisers of REFERENCE 2.3 / 2.4.
+- `topk_per_level`: the test-time "keep the best nms_pre per level" (REFERENCE 2.1), in the graph
   with a static output size.
 
 Shapes: B images, N anchors over all levels (in `heads.utils.flatten_levels` order), C classes.
@@ -212,7 +212,7 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_distance: float | None = No
 
 def integral_distances(logits: Tensor, reg_max: int) -> Tensor:
     """GFL integral regression: (..., 4 * (reg_max + 1)) logits -> (..., 4) expected bin index
-    sum_i softmax_i * i (SPEC 2.5)."""
+    sum_i softmax_i * i (REFERENCE 2.5)."""
     shape = logits.shape[:-1]
     probs = ops.softmax(logits.reshape(shape + (4, reg_max + 1)), axis=-1)
     bins = Tensor(np.arange(reg_max + 1, dtype=np.float32))
@@ -271,7 +271,7 @@ def foreground_mask(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def batch_positive_count(pos: Tensor) -> Tensor:
-    """N of SPEC 2.3: sum over images of max(positives in the image, 1); pos (B, N) 0/1."""
+    """N of REFERENCE 2.3: sum over images of max(positives in the image, 1); pos (B, N) 0/1."""
     return ops.maximum(pos.sum(1), 1.0).sum()
 
 
@@ -303,7 +303,7 @@ class DeviceMean(nn.Cell):
 
 def topk_per_level(scores: Tensor, boxes: Tensor, counts: Sequence[int], k: int,
                    score_factors: Tensor | None = None) -> tuple[Tensor, ...]:
-    """Keep, per level, the k anchors ranked highest (SPEC 2.1's pre-NMS top 1000). k <= 0 keeps
+    """Keep, per level, the k anchors ranked highest (REFERENCE 2.1's pre-NMS top 1000). k <= 0 keeps
     everything. Output sizes are static: sum_l min(k, n_l) candidates per image.
 
     The rank is the max-over-classes score, or with `score_factors` (ATSS/UMOP centerness) the

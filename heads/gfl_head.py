@@ -1,4 +1,4 @@
-"""GFL head (generalized focal loss: QFL + DFL + GIoU, integral box regression), SPEC 2.5.
+"""GFL head (generalized focal loss: QFL + DFL + GIoU, integral box regression), REFERENCE 2.5.
 
 Per level (convs shared across levels):
     cls: 4 x [3x3 conv, GN(32), ReLU] -> 3x3 conv -> C logits (bias -log 99)
@@ -8,7 +8,7 @@ the box is anchor centre -/+ distance * stride. The class score is the joint cla
 (IoU) sigmoid: there is no centerness branch. One square anchor of 8 x stride per cell, used
 for the ATSS assignment (in the data pipeline) and for its centre.
 
-Loss (SPEC 2.3 / 2.4), everything on the stride-unit grid as the reference:
+Loss (REFERENCE 2.3 / 2.4), everything on the stride-unit grid as the reference:
     cls = QFL(beta 2) with quality target = IoU(decoded box (detached), GT) / N
     box = 2.0 * sum(GIoU loss * w) / sum(w),   w = max_c sigmoid(cls) (detached), positives
     dfl = 0.25 * sum(DFL(side) * w) / 4 / sum(w),   target distance clamped to [0, reg_max - 0.1]
@@ -42,7 +42,7 @@ class GFLHead(nn.Cell):
         feat_channels: tower width (256). stacked_convs: convs per tower (4).
         reg_max: the last distance bin (16 -> 17 bins).
         nms_pre: test candidates kept per level (1000; 0 = all).
-        loss_cls_weight, loss_box_weight, loss_dfl_weight: 1.0, 2.0, 0.25 (SPEC 2.4).
+        loss_cls_weight, loss_box_weight, loss_dfl_weight: 1.0, 2.0, 0.25 (REFERENCE 2.4).
 
     `construct(features)` -> (cls (B, N, C), reg (B, N, 4 * (reg_max + 1)), *anchors), one (N_l, 4)
     anchor tensor per level.

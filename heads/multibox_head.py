@@ -13,7 +13,7 @@ from heads.utils import flatten_levels
 
 
 class MultiBoxHead(nn.Cell):
-    """Per level: loc = Conv3x3(ch -> A*4), conf = Conv3x3(ch -> A*num_classes) (SPEC 1.6).
+    """Per level: loc = Conv3x3(ch -> A*4), conf = Conv3x3(ch -> A*num_classes) (REFERENCE 1.6).
 
     `construct(features)` takes the neck's maps (in `in_levels` order) and returns
     loc (B, P, 4) (SSD offsets, see heads.box_coder.SSDBoxCoder) and conf (B, P, num_classes)
@@ -69,7 +69,7 @@ class MultiBoxHead(nn.Cell):
     loss_names = ("loc", "conf")
 
     def loss(self, outputs: tuple[Tensor, Tensor], loc_t: Tensor, conf_t: Tensor) -> tuple[Tensor, Tensor]:
-        """(loc_loss, conf_loss) of raw outputs against per-prior targets (SPEC 1.8).
+        """(loc_loss, conf_loss) of raw outputs against per-prior targets (REFERENCE 1.8).
 
         loc_t (B, P, 4) are SSD-encoded offsets, conf_t (B, P) class indices with 0 =
         background (src/data/targets.py builds both in the data pipeline).

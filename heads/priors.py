@@ -1,4 +1,4 @@
-"""SSD default boxes ("priors") for M2Det, exactly as SPEC 1.7.
+"""SSD default boxes ("priors") for M2Det, exactly as REFERENCE 1.7.
 
 For scale k with a feature map of f x f cells and step s_k on an S x S input:
     fk = S / s_k,  centre of cell (i, j) = ((j + 0.5) / fk, (i + 0.5) / fk)

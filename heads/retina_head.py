@@ -10,7 +10,7 @@ Targets (src/data/dense_targets.py, max-IoU: positive >= 0.5, background < 0.4, 
 between, every GT's best anchor forced positive): labels (B, N) int32 (class, -1 background,
 -2 ignored) and the assigned GT box (B, N, 4) in input pixels.
 
-Loss (SPEC 2.3 / 2.4, mmdetection's retinanet_r50_fpn_1x):
+Loss (REFERENCE 2.3 / 2.4, mmdetection's retinanet_r50_fpn_1x):
     cls = focal(alpha .25, gamma 2) over non-ignored anchors / N
     box = L1(pred deltas, DeltaXYWH(anchor, GT) with means 0, stds (1, 1, 1, 1)) on positives / N
 N = sum over images of max(positives in the image, 1), averaged across devices.
@@ -42,7 +42,7 @@ class RetinaHead(nn.Cell):
         num_classes: foreground classes C (sigmoid, no background column).
         feat_channels: tower width (256).
         stacked_convs: convs per tower (4).
-        nms_pre: test-time candidates kept per level before NMS (SPEC 2.1: 1000; 0 = all).
+        nms_pre: test-time candidates kept per level before NMS (REFERENCE 2.1: 1000; 0 = all).
         loss_cls_weight, loss_box_weight: 1.0 and 1.0.
 
     `construct(features)` -> (cls (B, N, C), deltas (B, N, 4), *anchors) with one (N_l, 4) anchor

@@ -1,5 +1,5 @@
 """VFNet head: IoU-aware classification (varifocal loss), star-shaped deformable conv, initial +
-refined boxes (SPEC 2.6).
+refined boxes (REFERENCE 2.6).
 
 Per level (convs shared across levels):
     cls_feat = 3 x [3x3 conv, GN(32), ReLU](x);  reg_feat = 3 x [3x3 conv, GN(32), ReLU](x)
@@ -15,7 +15,7 @@ assign targets (mmdetection's use_atss with anchor centre offset 0).
 The deformable convs are `heads.ops.DeformConv2d`, DCN v1 behaviour through the modulated op
 with every mask value 1; offsets in mmcv's interleaved (dy, dx) layout (the cell converts).
 
-Loss (SPEC 2.3 / 2.4):
+Loss (REFERENCE 2.3 / 2.4):
     cls    = varifocal(q = IoU(refined box, GT) at the GT class) / max(num_pos, 1)
     box    = 1.5 * sum(GIoU(initial) * IoU_init) / sum(IoU_init)
     refine = 2.0 * sum(GIoU(refined) * IoU_rf) / sum(IoU_rf)
@@ -50,7 +50,7 @@ def star_base_offsets() -> np.ndarray:
 
 
 def star_dcn_offset(distances: Tensor, stride: float, gradient_mul: float = 0.1) -> Tensor:
-    """(B, 4, H, W) (l, t, r, b) pixels -> (B, 18, H, W) mmcv-layout DCN offsets (SPEC 2.6).
+    """(B, 4, H, W) (l, t, r, b) pixels -> (B, 18, H, W) mmcv-layout DCN offsets (REFERENCE 2.6).
 
     Kernel point k = 3 * ky + kx samples at (dy, dx) = star position - its grid position, the
     star positions being the corners, edge midpoints and centre of the box in stride units.
@@ -79,7 +79,7 @@ class VFNetHead(nn.Cell):
         feat_channels: tower width (256). stacked_convs: convs per tower (3).
         gradient_mul: share of the star offsets' gradient reaching the initial box (0.1).
         nms_pre: test candidates kept per level (1000; 0 = all).
-        loss_cls_weight, loss_box_weight, loss_refine_weight: 1.0, 1.5, 2.0 (SPEC 2.4).
+        loss_cls_weight, loss_box_weight, loss_refine_weight: 1.0, 1.5, 2.0 (REFERENCE 2.4).
 
     `construct(features)` -> (cls (B, N, C), initial (B, N, 4), refined (B, N, 4) (l, t, r, b)
     pixels, *anchors), one (N_l, 4) anchor tensor per level. `predict(outputs)` -> (boxes (B, K, 4) pixels, scores (B, K, C)).

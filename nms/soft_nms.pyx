@@ -17,7 +17,7 @@ All arithmetic is float32 in the reference's operation order, which is what lets
 optimized and the classic kernel agree bit for bit. Constants are written ``<float>1``:
 a bare ``1.0`` is a C double and would widen the expression (and change its rounding).
 
-Soft-NMS weights (SPEC 1.10), applied to the score of every remaining box after each
+Soft-NMS weights (REFERENCE 1.10), applied to the score of every remaining box after each
 selection; a box whose score then falls below the threshold is dropped::
 
     linear:    w = 1 - IoU  if IoU > Nt  else 1

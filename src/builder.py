@@ -39,7 +39,7 @@ from src.data.dense_targets import AnchorLayout
 from src.data.resize import InputPolicy
 from src.postprocess import DenseOutputDecoder, SSDOutputDecoder
 
-# M2Det reads the shallow feature at stride 8 and the deep one at stride 16 (SPEC 1.1, 1.2)
+# M2Det reads the shallow feature at stride 8 and the deep one at stride 16 (REFERENCE 1.1, 1.2)
 M2DET_RESNET_STRIDES = (1, 2, 1, 2)
 M2DET_RESNET_OUT_LAYERS = (2, 4)
 # FPN detectors: torchvision's stride-32 layout, C3-C5 at strides 8, 16, 32
@@ -200,7 +200,7 @@ def input_policy(cfg):
 
 
 def build_priors(cfg):
-    """Multibox head: SSD priors on the detector's feature maps (SPEC 1.7).
+    """Multibox head: SSD priors on the detector's feature maps (REFERENCE 1.7).
 
     Dense heads: the `AnchorLayout` of the head's anchors for every input size the data
     pipeline produces (test size and training sizes), for target assignment.

@@ -1,4 +1,4 @@
-"""Test-time post-processing of one image's detections (SPEC 1.10, 2.1).
+"""Test-time post-processing of one image's detections (REFERENCE 1.10, 2.1).
 
     network outputs of one image --decoder--> boxes (P, 4) in [0, 1] of the network input,
                                               scores (P, K), has_background, score_factors (P,) or None
@@ -85,7 +85,7 @@ def detect(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float = 0.
         pixel_offset: the "+1 pixel" IoU (w = x2 - x1 + 1) of the reference, which
             assumes pixel coordinates; False for continuous coordinates.
         has_background: whether score column 0 is the background (and skipped). The dense
-            heads' settings (SPEC 2.1) are score_threshold 0.05, nms_method 'nms',
+            heads' settings (REFERENCE 2.1) are score_threshold 0.05, nms_method 'nms',
             nms_threshold 0.6, keep_per_class 0, max_per_image 100, with has_background False
             (their configs' `test:` section) and pixel_offset False (`data.pixel_offset`,
             which also governs reading and results writing).

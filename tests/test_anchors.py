@@ -1,4 +1,4 @@
-"""AnchorGenerator (SPEC 2.1): exact anchors for tiny cases worked out by hand."""
+"""AnchorGenerator (REFERENCE 2.1): exact anchors for tiny cases worked out by hand."""
 from math import sqrt
 
 import numpy as np

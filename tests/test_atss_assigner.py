@@ -1,4 +1,4 @@
-"""ATSSAssigner (SPEC 2.2) against a plain-loop implementation of the rule written here."""
+"""ATSSAssigner (REFERENCE 2.2) against a plain-loop implementation of the rule written here."""
 from math import inf, sqrt
 
 import numpy as np
@@ -10,7 +10,7 @@ from heads.box_ops import pairwise_iou
 
 
 def loop_atss(anchors, level_counts, gts, labels, topk=9):
-    """SPEC 2.2 with loops over GTs, levels and anchors; no vectorisation."""
+    """REFERENCE 2.2 with loops over GTs, levels and anchors; no vectorisation."""
     anchors = [[float(v) for v in a] for a in anchors]
     gts = [[float(v) for v in g] for g in gts]
     n, num_gts = len(anchors), len(gts)

@@ -1,4 +1,4 @@
-"""SSD box coder: hand-computed encodings and exact round trips (SPEC 1.8)."""
+"""SSD box coder: hand-computed encodings and exact round trips (REFERENCE 1.8)."""
 import math
 
 import numpy as np

@@ -294,7 +294,7 @@ def test_m2det320_vgg_release_checkpoint(tmp_path, detector320):
     torch.manual_seed(0)
     theirs = randomize_torch(ref.M2DetReference(backbone="vgg16", input_size=320, phase="test")).eval()
     state = theirs.state_dict()
-    assert sum(p.numel() for p in theirs.parameters()) == 132_633_140   # SPEC 1.6, shared leach counted once
+    assert sum(p.numel() for p in theirs.parameters()) == 132_633_140   # REFERENCE 1.6, shared leach counted once
     pth = tmp_path / "m2det320_vgg.pth"
     torch.save(state, pth)
     out = tmp_path / "m2det320_vgg.ckpt"

@@ -1,4 +1,4 @@
-"""DeformConv2d: mmcv offset layout on ops.deformable_conv2d, against a bilinear-sampling reference (SPEC 2.6)."""
+"""DeformConv2d: mmcv offset layout on ops.deformable_conv2d, against a bilinear-sampling reference (REFERENCE 2.6)."""
 import mindspore as ms
 import numpy as np
 import pytest

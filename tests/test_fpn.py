@@ -1,4 +1,4 @@
-"""FPN neck: mmdetection v2 semantics against a PyTorch FPN, levels, sizes, init (SPEC 2.1)."""
+"""FPN neck: mmdetection v2 semantics against a PyTorch FPN, levels, sizes, init (REFERENCE 2.1)."""
 import math
 
 import mindspore as ms

@@ -4,7 +4,7 @@
 - box coding helpers and the per-level pre-NMS top-k against NumPy;
 - every head: an image without GT gives zero box losses and a positive classification loss, an
   image with one GT gives every part positive (STYLE.md);
-- every head's loss equals a NumPy re-statement of SPEC 2.3 / 2.4 written with boolean
+- every head's loss equals a NumPy re-statement of REFERENCE 2.3 / 2.4 written with boolean
   indexing (tests/reference/dense_heads_numpy.py) on random outputs and real assignments;
 - every head's `predict` equals the NumPy decoding;
 - a few SGD steps on fixed features lower every head's loss.
@@ -295,7 +295,7 @@ def test_head_level_and_class_checks():
         ATSSHead(LEVELS, 3, cls_loss="softmax")
     head = make_head("gfl")
     assert sum(p.size for p in head.scales.get_parameters()) == 2     # one Scale per level
-    # the classification bias starts at -log(99) (SPEC 2.1)
+    # the classification bias starts at -log(99) (REFERENCE 2.1)
     np.testing.assert_allclose(head.gfl_cls.bias.asnumpy(), np.full(C, -np.log(99)), rtol=1e-6)
 
 

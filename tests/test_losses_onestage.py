@@ -1,4 +1,4 @@
-"""Sigmoid one-stage losses (SPEC 2.3) against the formulas written out here in NumPy / PyTorch."""
+"""Sigmoid one-stage losses (REFERENCE 2.3) against the formulas written out here in NumPy / PyTorch."""
 import numpy as np
 import pytest
 import torch
@@ -22,7 +22,7 @@ def close(actual, expected, rtol=RTOL, atol=1e-7):
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=atol)
 
 
-# ---- NumPy references, straight from the SPEC formulas (float64) ----
+# ---- NumPy references, straight from the formulas of docs/REFERENCE.md (float64) ----
 
 def np_sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))

@@ -1,4 +1,4 @@
-"""Warmup + multi-step schedule against hand-computed values (SPEC 1.11)."""
+"""Warmup + multi-step schedule against hand-computed values (REFERENCE 1.11)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""M2Det structure: parameter counts, shapes, names, init, modes and config errors (SPEC 1.1-1.7)."""
+"""M2Det structure: parameter counts, shapes, names, init, modes and config errors (REFERENCE 1.1-1.7)."""
 import json
 import math
 import os

@@ -1,4 +1,4 @@
-"""MultiBox loss (SPEC 1.8) against a NumPy computation written here, plus the mmdetection-style
+"""MultiBox loss (REFERENCE 1.8) against a NumPy computation written here, plus the mmdetection-style
 empty-GT / one-GT cases."""
 import mindspore as ms
 import numpy as np

@@ -1,4 +1,4 @@
-"""soft_nms / nms against a plain NumPy transcription of SPEC 1.10, plus edge cases."""
+"""soft_nms / nms against a plain NumPy transcription of REFERENCE 1.10, plus edge cases."""
 from __future__ import annotations
 
 import os
@@ -30,7 +30,7 @@ def _iou_to(i: int, rest: np.ndarray, x1, y1, x2, y2, area, off: np.float32) -> 
 
 
 def ref_soft_nms(dets, method="linear", nt=0.3, sigma=0.5, thr=0.001, pixel_offset=True):
-    """SPEC 1.10, one step at a time: select the highest current score (np.argmax over
+    """REFERENCE 1.10, one step at a time: select the highest current score (np.argmax over
     the remaining boxes in input order: ties go to the lowest input index), re-weight
     the others, drop those below thr (inputs below thr are dropped first)."""
     d = np.asarray(dets, dtype=np.float32).reshape(-1, 5)

@@ -1,4 +1,4 @@
-"""SSD priors against values worked out by hand from SPEC 1.7 (not by calling SSDPriors)."""
+"""SSD priors against values worked out by hand from REFERENCE 1.7 (not by calling SSDPriors)."""
 import math
 
 import numpy as np
@@ -12,7 +12,7 @@ R2, R3 = math.sqrt(2), math.sqrt(3)
 
 
 def six(cx, cy, s, s_prime):
-    """The six priors of one cell, SPEC 1.7 order, clipped to [0, 1]."""
+    """The six priors of one cell, REFERENCE 1.7 order, clipped to [0, 1]."""
     boxes = [(cx, cy, s, s), (cx, cy, s_prime, s_prime),
              (cx, cy, s * R2, s / R2), (cx, cy, s / R2, s * R2),
              (cx, cy, s * R3, s / R3), (cx, cy, s / R3, s * R3)]

@@ -1,4 +1,4 @@
-"""ResNet/ResNeXt options for the FPN detectors: counts, DCNv2 stages, frozen stages, norm_eval (SPEC 2.1, 2.7)."""
+"""ResNet/ResNeXt options for the FPN detectors: counts, DCNv2 stages, frozen stages, norm_eval (REFERENCE 2.1, 2.7)."""
 import mindspore as ms
 import numpy as np
 import pytest

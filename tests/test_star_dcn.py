@@ -1,4 +1,4 @@
-"""VFNet's star-shaped deformable conv (SPEC 2.6) through heads.ops.DeformConv2d.
+"""VFNet's star-shaped deformable conv (REFERENCE 2.6) through heads.ops.DeformConv2d.
 
 The input's two channels hold their own (y, x) coordinates and every output channel copies one
 input channel at one kernel point, so the output is the sampled position itself (bilinear

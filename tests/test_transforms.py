@@ -1,4 +1,4 @@
-"""SSD augmentation steps (SPEC 1.9), each alone, and the composed transform."""
+"""SSD augmentation steps (REFERENCE 1.9), each alone, and the composed transform."""
 import copy
 
 import cv2

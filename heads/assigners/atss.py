@@ -1,4 +1,4 @@
-"""ATSS assignment (adaptive training sample selection, SPEC 2.2), NumPy, for the data pipeline.
+"""ATSS assignment (adaptive training sample selection, REFERENCE 2.2), NumPy, for the data pipeline.
 
 For anchors (N, 4) and GT boxes (G, 4), both corner pixels, anchors listed level by level:
 
@@ -94,7 +94,7 @@ def aligned_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class ATSSAssigner:
-    """Assign anchors to GTs by the ATSS rule (SPEC 2.2); see the module docstring."""
+    """Assign anchors to GTs by the ATSS rule (REFERENCE 2.2); see the module docstring."""
 
     def __init__(self, topk: int = 9):
         if topk < 1:

@@ -1,6 +1,6 @@
 """Max-IoU assignment of ground-truth boxes to priors / anchors.
 
-Reference semantics (the SSD matcher of the M2Det PyTorch release, SPEC 1.8):
+Reference semantics (the SSD matcher of the M2Det PyTorch release, REFERENCE 1.8):
 
 1. IoU between every GT (G) and every prior (P), priors in corner form.
 2. For each prior, its best GT (argmax over GTs; ties -> the lowest GT index).

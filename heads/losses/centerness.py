@@ -1,4 +1,4 @@
-"""Centerness target and loss (ATSS / UMOP, SPEC 2.4).
+"""Centerness target and loss (ATSS / UMOP, REFERENCE 2.4).
 
 For a positive anchor whose centre lies at distances (l, t, r, b) from the left, top, right
 and bottom sides of its GT box:

@@ -1,4 +1,4 @@
-"""Distribution focal loss (GFL, SPEC 2.3 / 2.5).
+"""Distribution focal loss (GFL, REFERENCE 2.3 / 2.5).
 
 Each box side is predicted as a discrete distribution over reg_max + 1 = 17 bins (logits z,
 bin i = distance i in stride units). For a target distance y in [0, reg_max - 0.1]:

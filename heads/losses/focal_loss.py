@@ -1,4 +1,4 @@
-"""Sigmoid focal loss (SPEC 2.3), plus the label / reduction helpers every sigmoid loss uses.
+"""Sigmoid focal loss (REFERENCE 2.3), plus the label / reduction helpers every sigmoid loss uses.
 
 Per anchor i and class c, with x the logit, p = sigmoid(x) and t in {0, 1} the one-hot target:
 
@@ -37,7 +37,7 @@ def weighted_sum(loss, weight=None, avg_factor=None, reduction: str = "sum"):
 
     weight: None or broadcastable to `loss` after appending trailing axes of size 1.
     avg_factor: None (no division) or a positive scalar / 0-d tensor; the heads pass the
-    normaliser of SPEC 2.3 / 2.4 already clamped >= 1.
+    normaliser of REFERENCE 2.3 / 2.4 already clamped >= 1.
     """
     if weight is not None:
         weight = weight.astype(loss.dtype)

@@ -1,4 +1,4 @@
-"""GIoU loss (SPEC 2.3) and aligned IoU / GIoU of corner boxes, in MindSpore ops.
+"""GIoU loss (REFERENCE 2.3) and aligned IoU / GIoU of corner boxes, in MindSpore ops.
 
 For aligned pairs of corner boxes (x1, y1, x2, y2) a (pred) and b (target):
 

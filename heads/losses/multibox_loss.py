@@ -1,4 +1,4 @@
-"""SSD MultiBox loss (SPEC 1.8), as pure functions of tensors.
+"""SSD MultiBox loss (REFERENCE 1.8), as pure functions of tensors.
 
     L = (sum_{pos} SmoothL1(loc_p - loc_t) + sum_{pos + mined neg} CE(conf_p, conf_t)) / N
 

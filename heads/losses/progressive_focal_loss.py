@@ -1,4 +1,4 @@
-"""UMOP progressive focal loss (SPEC 2.3): a focal loss whose (gamma, alpha) adapt per level.
+"""UMOP progressive focal loss (REFERENCE 2.3): a focal loss whose (gamma, alpha) adapt per level.
 
 For every pyramid level l, over the positive anchors i of that level (label y_i in [0, C)):
 
@@ -10,7 +10,7 @@ For every pyramid level l, over the positive anchors i of that level (label y_i 
 with FL the sigmoid focal loss of `heads.losses.focal_loss`. c_l is detached (stop_gradient):
 the parameters steer the loss, they are not trained. A level without positives gets
 c = 2.0, i.e. the standard focal loss (gamma 2, alpha 0.25). avg_factor is the global positive
-count N of SPEC 2.3, as for the focal loss, so this is a drop-in replacement: same arguments
+count N of REFERENCE 2.3, as for the focal loss, so this is a drop-in replacement: same arguments
 plus a per-anchor level index.
 
 "Averaged across devices" is left to the caller: `reduce_levels` receives the (L,) vector of

@@ -1,4 +1,4 @@
-"""Quality focal loss (GFL, SPEC 2.3), sigmoid per class.
+"""Quality focal loss (GFL, REFERENCE 2.3), sigmoid per class.
 
 With x the logit, p = sigmoid(x), s in [0, 1] the quality (IoU) target of a positive:
 
@@ -9,7 +9,7 @@ With x the logit, p = sigmoid(x), s in [0, 1] the quality (IoU) target of a posi
 Both cases are BCE(x, t) * |t - p|^beta with the dense target t = s at the GT class and 0
 elsewhere, which is how it is computed (static shapes, no scatter). The result is summed over
 classes, so the elementwise loss is per anchor (...,), like the reference; `weight` is per
-anchor. s is detached. The head divides by N (SPEC 2.3): pass it as avg_factor.
+anchor. s is detached. The head divides by N (REFERENCE 2.3): pass it as avg_factor.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Varifocal loss (VFNet, SPEC 2.3), sigmoid per class.
+"""Varifocal loss (VFNet, REFERENCE 2.3), sigmoid per class.
 
 With x the logit, p = sigmoid(x) and q the IoU-aware target (q = IoU of the positive's box with
 its GT at the GT class, 0 at every other class and for background anchors):

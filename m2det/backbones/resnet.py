@@ -84,7 +84,7 @@ class ResNet(nn.Cell):
         layer_strides: stride of the first block of layer1..layer4. torchvision is (1, 2, 2, 2)
             (layer4 at stride 32, the FPN layout: out_layers (2, 3, 4) are C3-C5 at strides 8, 16,
             32); M2Det uses (1, 2, 1, 2): layer3 keeps the resolution (no dilation), so layer4 sits
-            at stride 16 (SPEC 1.2).
+            at stride 16 (REFERENCE 1.2).
         out_layers: which of layer1..layer4 to return, in order.
         width: multiplier on every channel count.
         groups, width_per_group: ResNeXt cardinality and per-group width of the 3x3 conv (conv2),

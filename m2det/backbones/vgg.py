@@ -26,7 +26,7 @@ def _activation(channels: int, batch_norm: bool) -> nn.Cell:
 
 
 class VGG16Reduced(nn.Cell):
-    """VGG16 "reduced fc" backbone (SPEC 1.1), without SSD's L2Norm.
+    """VGG16 "reduced fc" backbone (REFERENCE 1.1), without SSD's L2Norm.
 
     The layers form one flat list, `layers.0` ... `layers.34`, so that the indices of the
     convolutions (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28, 31, 33) are those of the

@@ -1,4 +1,4 @@
-"""Feature fusion modules of M2Det's MLFPN (SPEC 1.3, 1.4)."""
+"""Feature fusion modules of M2Det's MLFPN (REFERENCE 1.3, 1.4)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -11,7 +11,7 @@ from m2det.layers import BasicConv, nearest_resize
 
 
 class FFMv1(nn.Cell):
-    """Fuses a shallow and a deep backbone feature into the "base feature" (SPEC 1.3).
+    """Fuses a shallow and a deep backbone feature into the "base feature" (REFERENCE 1.3).
 
     shallow -> BasicConv 3x3 -> out_channels[0]; deep -> BasicConv 1x1 -> out_channels[1],
     nearest-upsampled to the shallow map; output concat[shallow, deep] at the shallow stride.
@@ -45,7 +45,7 @@ class FFMv1(nn.Cell):
 
 
 class FFMv2(nn.Cell):
-    """Builds one TUM's input (SPEC 1.4): reduce(base) alone for the first level,
+    """Builds one TUM's input (REFERENCE 1.4): reduce(base) alone for the first level,
     concat[reduce(base), previous TUM's largest output] for the others.
 
     The reduction is a BasicConv 1x1 (reference: 768 -> 128). The reference reuses one such

@@ -1,4 +1,4 @@
-"""Feature pyramid network (FPN) neck for the one-stage heads (SPEC 2.1), mmdetection v2 semantics."""
+"""Feature pyramid network (FPN) neck for the one-stage heads (REFERENCE 2.1), mmdetection v2 semantics."""
 from __future__ import annotations
 
 from typing import Sequence

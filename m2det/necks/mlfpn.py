@@ -1,4 +1,4 @@
-"""Multi-level feature pyramid network (MLFPN), M2Det's neck (SPEC 1.3-1.6)."""
+"""Multi-level feature pyramid network (MLFPN), M2Det's neck (REFERENCE 1.3-1.6)."""
 from __future__ import annotations
 
 from typing import Sequence

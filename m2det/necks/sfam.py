@@ -1,4 +1,4 @@
-"""Scale-wise feature aggregation module (SFAM) of M2Det (SPEC 1.6)."""
+"""Scale-wise feature aggregation module (SFAM) of M2Det (REFERENCE 1.6)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Thinned U-shape module (TUM) of M2Det (SPEC 1.5)."""
+"""Thinned U-shape module (TUM) of M2Det (REFERENCE 1.5)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -3,7 +3,7 @@
     boxes (G, 4) normalised to the network input, labels (G,) 0-based, input (H, W)
         -> anchors of that input size (`AnchorLayout`, the same `AnchorGenerator` values the head
            builds in its graph)
-        -> assigner: ATSS (topk 9, SPEC 2.2) or max-IoU (RetinaNet: >= 0.5 positive, < 0.4
+        -> assigner: ATSS (topk 9, REFERENCE 2.2) or max-IoU (RetinaNet: >= 0.5 positive, < 0.4
            background, ignored between, every GT's best anchor forced positive)
         -> labels (N,) int32:   class 0..C-1, -1 background, -2 ignored (max-IoU only)
            boxes  (N, 4) float32: the assigned GT box in input pixels, zeros where not positive

@@ -4,8 +4,8 @@ The network graph has static shapes, so everything data-dependent (how many GTs,
 prior matches which) is resolved here, in the data pipeline:
 
     boxes (G, 4) normalised corners, labels (G,) 0-based
-        -> assigner (max IoU, SPEC 1.8) -> matched GT per prior
-        -> loc_t  (P, 4) float32: SSD encoding of the matched GT (SPEC 1.8),
+        -> assigner (max IoU, REFERENCE 1.8) -> matched GT per prior
+        -> loc_t  (P, 4) float32: SSD encoding of the matched GT (REFERENCE 1.8),
                                   zeros for priors that are not positive
            conf_t (P,)   int32:   the softmax column: 0 = background, label + 1 for positives
                                   (heads.labels.softmax_column), IGNORE (-2) for priors the

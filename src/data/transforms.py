@@ -1,4 +1,4 @@
-"""SSD training augmentation and test preprocessing (SPEC 1.9).
+"""SSD training augmentation and test preprocessing (REFERENCE 1.9).
 
 Training order (the M2Det PyTorch release's `preproc`):
 
@@ -253,7 +253,7 @@ def preprocess_for_test(image: np.ndarray, size: int, mean: Sequence[float],
 
 
 class SSDTrainTransform:
-    """The full SPEC 1.9 training augmentation for one sample.
+    """The full REFERENCE 1.9 training augmentation for one sample.
 
     __call__(image uint8 BGR (H, W, 3), boxes (G, 4) pixel corners, labels (G,), rng)
         -> (image float32 (3, S, S), boxes (K, 4) float32 normalised corners, labels (K,))

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: linear warmup, then multi-step decay by epoch (SPEC 1.11), or a
+"""Learning-rate schedules: linear warmup, then multi-step decay by epoch (REFERENCE 1.11), or a
 cosine or linear annealing to `min_lr_ratio * lr` at the last step (mmdetection's
 CosineAnnealing / linear decay; short runs from scratch, e.g. the quickstart).
 
@@ -79,7 +79,7 @@ def lr_scale_for(train_cfg, global_batch: int) -> float:
 
     `train.lr` (and the warmup target) is then the rate for a global batch of `base_batch_size`;
     `warmup_start_lr` is not scaled. The M2Det authors report that a total batch above 32 loses
-    accuracy even with the rate scaled (SPEC 1.11), so more devices are best used with a smaller
+    accuracy even with the rate scaled (REFERENCE 1.11), so more devices are best used with a smaller
     per-device batch (docs/DISTRIBUTED.md).
     """
     if not train_cfg.get("scale_lr", False):

@@ -38,7 +38,7 @@ from src.evaluation.evaluator import evaluate
 
 log = logging.getLogger("m2det.train")
 
-# SPEC 1.11: the M2Det authors report a large accuracy loss with a total batch above 32
+# REFERENCE 1.11: the M2Det authors report a large accuracy loss with a total batch above 32
 RECOMMENDED_MAX_GLOBAL_BATCH = 32
 
 

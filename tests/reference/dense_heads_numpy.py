@@ -1,6 +1,6 @@
 """Straightforward NumPy (float64) re-statements of the dense heads' losses and decoding, written
 the way mmdetection's heads read: gather the positives with boolean indexing, then apply the
-formulas of SPEC 2.3 / 2.4 to them. The heads compute the same with masks and static shapes;
+formulas of REFERENCE 2.3 / 2.4 to them. The heads compute the same with masks and static shapes;
 tests/test_heads.py compares the two.
 
 Inputs are one batch: labels (B, N) (class, -1 background, -2 ignored), gt (B, N, 4) pixel
