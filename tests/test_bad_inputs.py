@@ -24,7 +24,8 @@ from src.evaluation.coco_eval import evaluate_coco
 from src.evaluation.evaluator import evaluate
 from src.inference import Predictor, PredictorError
 from src.training.checkpoint import CheckpointManager, save_checkpoint
-from src.training.trainer import DeviceUnavailable, TrainOptions, set_context, train
+from src.device import DeviceUnavailable, set_context
+from src.training.trainer import TrainOptions, train
 from src.utils.io import TEMP_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -110,20 +110,20 @@ def test_progress_without_tensorboard_writes_no_event_file(tmp_path):
 
 
 def test_best_checkpoint_resumes_from_the_stored_ap(tmp_path):
-    from src.training.trainer import _BestCheckpoint
+    from src.training.hooks import BestCheckpoint
 
     cell = nn.Dense(2, 1)
-    best = _BestCheckpoint(str(tmp_path / "x_best.ckpt"), resumed=False)
+    best = BestCheckpoint(str(tmp_path / "x_best.ckpt"), resumed=False)
     assert best.improved_by(0.0)
     best.save(cell, None, 0.375, epoch=3)
     assert read_checkpoint(best.path)["epoch"] == 3
-    resumed = _BestCheckpoint(best.path, resumed=True)
+    resumed = BestCheckpoint(best.path, resumed=True)
     assert resumed.ap == 0.375
     assert not resumed.improved_by(0.375) and resumed.improved_by(0.5)
     # a fresh run into the same folder replaces the old file at its first evaluation
-    assert _BestCheckpoint(best.path, resumed=False).improved_by(0.1)
+    assert BestCheckpoint(best.path, resumed=False).improved_by(0.1)
     save_checkpoint(str(tmp_path / "other.ckpt"), cell)          # no best_AP in it
-    assert _BestCheckpoint(str(tmp_path / "other.ckpt"), resumed=True).ap is None
+    assert BestCheckpoint(str(tmp_path / "other.ckpt"), resumed=True).ap is None
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,8 @@ def data_dir(tmp_path_factory):
 
 def test_training_with_evaluation_keeps_the_best_checkpoint(data_dir, tmp_path):
     from src.config import load_config
-    from src.training.trainer import TrainOptions, set_context, train
+    from src.device import set_context
+    from src.training.trainer import TrainOptions, train
 
     cfg = load_config(TINY, [f"data.root={data_dir}", "train.epochs=3", "train.eval_every=1",
                              "train.keep_checkpoints=1", "train.eval_pictures=2", "test.score_threshold=0.0"])

@@ -42,9 +42,11 @@ def main(argv=None) -> int:
     overrides = list(args.overrides) + ([f"data.root={args.data_dir}"] if args.data_dir else [])
     from src.model_info import (ModelInfoError, class_names_for, info_from_checkpoint, resolve_config,
                                 write_resolved_config)
+    from src.device import DeviceUnavailable, check_device, set_context
     from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
 
     try:
+        check_device(args.device_target)          # before reading anything: the environment first
         params = read_checkpoint(args.checkpoint)
         info = info_from_checkpoint(params, args.checkpoint)
         cfg = resolve_config(info, args.config, overrides)
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     except (ConfigError, ModelInfoError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except CheckpointError as exc:
+    except (CheckpointError, DeviceUnavailable) as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1
 
@@ -61,13 +63,8 @@ def main(argv=None) -> int:
     from src.builder import build_detector, build_priors
     from src.evaluation.evaluator import evaluate, format_report
     from src.inference.fast_network import inference_network
-    from src.training.trainer import DeviceUnavailable, set_context
 
-    try:
-        set_context(args.device_target, args.mode)
-    except DeviceUnavailable as exc:
-        print(f"evaluation failed: {exc}", file=sys.stderr)
-        return 1
+    set_context(args.device_target, args.mode)
     if args.device_id is not None and args.device_target != "CPU":
         ms.set_device(args.device_target, args.device_id)
     detector = build_detector(cfg)

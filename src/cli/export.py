@@ -40,9 +40,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
     from src.config import ConfigError
     from src.model_info import ModelInfoError, class_names_for, info_from_checkpoint, resolve_config
+    from src.device import DeviceUnavailable, check_device
     from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
 
     try:
+        check_device(args.device_target)          # before reading anything: the environment first
         params = read_checkpoint(args.checkpoint)
         info = info_from_checkpoint(params, args.checkpoint)
         cfg = resolve_config(info, args.config, args.overrides)
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     except (ConfigError, ModelInfoError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except CheckpointError as exc:
+    except (CheckpointError, DeviceUnavailable) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
 
@@ -58,13 +60,7 @@ def main(argv=None) -> int:
 
     from src.builder import build_detector
     from src.export import ExportError, export_detector
-    from src.training.trainer import DeviceUnavailable, check_device
 
-    try:
-        check_device(args.device_target)
-    except DeviceUnavailable as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 1
     ms.set_context(device_target=args.device_target)
     detector = build_detector(cfg)
     try:

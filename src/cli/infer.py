@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         return 2
 
     from src.inference import Predictor, PredictorError
-    from src.training.trainer import DeviceUnavailable, set_context
+    from src.device import DeviceUnavailable, set_context
 
     try:
         set_context(args.device_target, args.mode)

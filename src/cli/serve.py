@@ -94,7 +94,7 @@ def build_service(args):
     from src.inference import Predictor, PredictorError
     from src.inference.names import NamesError
     from src.inference.scoring import Limits, ScoringService
-    from src.training.trainer import DeviceUnavailable, set_context
+    from src.device import DeviceUnavailable, set_context
 
     try:
         names = class_names(cfg, info, args.names, args.ann)

@@ -91,8 +91,8 @@ def main(argv=None) -> int:
 
     from src.training.checkpoint import CheckpointError
     from src.training.distributed import DistInfo, init_distributed, local_rank_from_env
-    from src.training.trainer import (DeviceUnavailable, TrainingError, TrainingInterrupted, TrainOptions,
-                                      set_context, train)
+    from src.device import DeviceUnavailable, set_context
+    from src.training.trainer import TrainingError, TrainingInterrupted, TrainOptions, train
 
     try:
         set_context(args.device_target, args.mode, cfg.train.deterministic)
