@@ -24,12 +24,7 @@ LITE = os.path.join(ROOT, "tests", "configs", "lite256.yaml")
 BN_LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)   # no graph compilation for one forward pass
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 @pytest.fixture(scope="module")

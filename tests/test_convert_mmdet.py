@@ -39,12 +39,7 @@ PREDICTORS = {"retina_cls", "retina_reg", "atss_cls", "atss_reg", "atss_centerne
               "vfnet_reg", "vfnet_reg_refine_dconv", "vfnet_reg_refine", "vfnet_cls_dconv", "vfnet_cls"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 # ------------------------------------------------------------------- mmdetection v2 module tree

@@ -39,12 +39,7 @@ priors:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 def images(batch=1, size=128, seed=1):

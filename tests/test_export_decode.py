@@ -22,12 +22,7 @@ from tests.test_export import TINY
 DXY, DWH = 1000.0, 30.0
 
 
-@pytest.fixture(autouse=True)
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 def extreme_detector(cfg):

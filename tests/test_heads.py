@@ -33,9 +33,11 @@ BOX_PARTS = {"retina": ["box"], "atss": ["box", "centerness"], "umop": ["box", "
              "gfl": ["box", "dfl"], "vfnet": ["box", "box_refine"]}
 
 
+pytestmark = pytest.mark.usefixtures("pynative")
+
+
 @pytest.fixture(autouse=True)
-def _pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+def _seed():
     ms.set_seed(0)
 
 

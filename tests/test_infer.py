@@ -13,7 +13,7 @@ import pytest
 
 import infer
 from heads.box_coder import SSDBoxCoder
-from src.builder import build_detector, build_priors
+from src.builder import build_priors
 from src.config import load_config
 from src.data.transforms import preprocess_for_test
 from src.evaluation.evaluator import detect_kwargs, to_original_pixels
@@ -21,30 +21,19 @@ from src.export import export_detector
 from src.inference import Predictor, detections_to_entry, load_class_names
 from src.inference.names import NamesError
 from src.postprocess import Detections, detect
-from src.training.checkpoint import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 NAMES = ["circle", "square", "triangle", "star", "cross"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tiny_checkpoint):
     """(cfg, detector, checkpoint path) of the tiny network with random weights."""
-    ms.set_seed(3)
-    cfg = load_config(TINY)
-    detector = build_detector(cfg)
-    detector.set_train(False)
-    ckpt = save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"), detector)
-    return cfg, detector, ckpt
+    return tiny_checkpoint
 
 
 def picture(h, w, seed):

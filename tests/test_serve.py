@@ -17,18 +17,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
-import mindspore as ms
 import numpy as np
 import pytest
 
 import serve
-from src.builder import build_detector
 from src.config import load_config
 from src.inference import Predictor, detections_to_entry
 from src.inference.scoring import Limits, ScoringService
 from src.inference.server import BackgroundServer, create_app
 from src.postprocess import Detections
-from src.training.checkpoint import save_checkpoint
+from tests.conftest import make_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
@@ -36,19 +34,12 @@ NAMES = ["circle", "square", "triangle", "star", "cross"]
 LIMITS = Limits(max_body_bytes=300_000, max_images=3, max_pixels=200 * 200, max_pending=8, timeout_s=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    ms.set_seed(4)
-    detector = build_detector(load_config(TINY))
-    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"), detector)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=4)[2]
 
 
 def wait_ready(srv, timeout_s=60.0):

@@ -17,9 +17,7 @@ from heads.ops import DeformConv2d
 H, W = 12, 14
 
 
-@pytest.fixture(autouse=True)
-def _pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 def coordinate_conv():

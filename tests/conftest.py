@@ -1,0 +1,44 @@
+"""Fixtures shared by the test modules.
+
+    pynative            module scope: run the module in PyNative mode (no graph compilation for a
+                        few forward passes), restoring the previous mode afterwards. A module opts
+                        in with `pytestmark = pytest.mark.usefixtures("pynative")`.
+    tiny_checkpoint     (cfg, detector in inference mode, checkpoint path) of tests/configs/tiny.yaml
+                        with seeded random weights; `make_tiny_checkpoint` for another seed or config
+
+Markers: `slow` (registered in pyproject.toml) for tests that build, install or train for more
+than about a minute.
+"""
+import os
+
+import mindspore as ms
+import pytest
+
+from src.builder import build_detector
+from src.config import load_config
+from src.training.checkpoint import save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def pynative():
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
+def make_tiny_checkpoint(folder, seed: int, config: str = TINY, name: str = "tiny.ckpt"):
+    """(cfg, detector in inference mode, path of its checkpoint in `folder`), weights from `seed`."""
+    ms.set_seed(seed)
+    cfg = load_config(config)
+    detector = build_detector(cfg)
+    detector.set_train(False)
+    return cfg, detector, save_checkpoint(os.path.join(str(folder), name), detector)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=3)
