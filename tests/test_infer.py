@@ -74,7 +74,9 @@ def test_predictor_is_the_evaluation_path(model):
         assert len(dets.scores) > 0
         for a, b, c in zip(expected, dets, single):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
-            np.testing.assert_array_equal(b, c)
+            # batch 2 vs batch 1: oneDNN may block the convolutions differently per batch size
+            # (seen on a loaded machine: 1-ulp differences), so equal to float rounding, not bits
+            np.testing.assert_allclose(b, c, rtol=1e-6, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
