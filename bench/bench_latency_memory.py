@@ -12,7 +12,7 @@ Every measurement runs in a fresh process (`--worker`), so that its peak residen
     infer   the inference network of eval.py / infer.py (src/inference/fast_network.py: the
             Detector with BatchNorm folded and, on CPU, Winograd 3x3 convolutions, as the
             config's test.fold_bn / test.winograd say), batch 1, GRAPH mode: for one 640x480 image,
-            preprocessing (src/data/transforms.preprocess_for_test: resize, mean) ->
+            preprocessing (src/data/resize.TestInput: resize, mean / std) ->
             network (forward + the copy of the outputs to NumPy) -> post-processing (the
             output decoder, scaling to the image, postprocess.detect with the config's `test:`
             settings); medians, Detectron's "X + Y + Z ms" style. `candidates` is the number of
@@ -76,38 +76,32 @@ def test_image(seed: int = 0):
 
 def worker_infer(cfg, reps: int) -> dict:
     import mindspore as ms
-    import numpy as np
 
     from bench import harness as H
-    from src.builder import build_detector, build_output_decoder
-    from src.data.resize import InputPolicy
-    from src.data.transforms import preprocess_for_test
-    from src.evaluation.evaluator import detect_kwargs, to_original_pixels
+    from src.builder import build_detector, build_postprocessor
+    from src.data.resize import TestInput
     from src.inference.fast_network import inference_network
-    from src.postprocess import detect
 
     import_rss = current_rss_mib()
     ms.set_seed(0)
     detector = build_detector(cfg)
     H.randomize_batchnorm(detector)
     detector = inference_network(detector, cfg.test, "CPU")
-    decoder = build_output_decoder(cfg)
-    policy = InputPolicy.from_config(cfg)
-    kwargs = detect_kwargs(cfg)
+    test_input = TestInput.from_config(cfg)          # the evaluation / inference path (src/inference)
+    postprocessor = build_postprocessor(cfg)
     image = test_image()
     height, width = image.shape[:2]
-    score_threshold = kwargs["score_threshold"]
+    score_threshold = postprocessor.settings.score_threshold
 
     def once():
         t0 = time.perf_counter()
-        x = preprocess_for_test(image, cfg.model.input_size, cfg.data.mean)[None]
+        x = test_input(image)[None]
         t1 = time.perf_counter()
         outputs = [o.asnumpy() for o in detector(ms.Tensor(x))]
         t2 = time.perf_counter()
-        boxes, scores, has_background, factors = decoder([o[0] for o in outputs])
-        boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
-        dets = detect(boxes, scores, has_background=has_background, score_factors=factors, **kwargs)
+        dets = postprocessor([o[0] for o in outputs], height, width)
         t3 = time.perf_counter()
+        _, scores, has_background, _ = postprocessor.decoder([o[0] for o in outputs])
         fg = scores[:, 1:] if has_background else scores
         return (t1 - t0, t2 - t1, t3 - t2), int((fg > score_threshold).sum()), len(dets.scores)
 

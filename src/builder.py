@@ -37,7 +37,7 @@ from m2det.necks import MLFPN
 from m2det.necks.fpn import FPN
 from src.data.dense_targets import AnchorLayout
 from src.data.resize import InputPolicy
-from src.postprocess import DenseOutputDecoder, SSDOutputDecoder
+from src.postprocess import DenseOutputDecoder, DetectionSettings, Postprocessor, SSDOutputDecoder
 
 # M2Det reads the shallow feature at stride 8 and the deep one at stride 16 (REFERENCE 1.1, 1.2)
 M2DET_RESNET_STRIDES = (1, 2, 1, 2)
@@ -278,3 +278,10 @@ def build_output_decoder(cfg, priors=None):
     priors = priors if priors is not None else build_priors(cfg)
     boxes = priors.boxes() if hasattr(priors, "boxes") else priors
     return SSDOutputDecoder(boxes, cfg.priors.variance)
+
+
+def build_postprocessor(cfg, priors=None, clip: bool | None = None) -> Postprocessor:
+    """Network outputs of one image -> its detections in image pixels: the output decoder, the
+    input policy and the detection settings, read from `cfg` once (src/postprocess.py)."""
+    return Postprocessor(build_output_decoder(cfg, priors), input_policy(cfg), DetectionSettings.from_config(cfg),
+                         clip=clip)

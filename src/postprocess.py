@@ -19,12 +19,14 @@ centerness of 0.5 passes a 0.05 threshold and is kept with score 0.04.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from dataclasses import asdict, dataclass
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
 from heads.box_coder import MAX_LOG_SCALE, SSDBoxCoder
 from nms import nms, soft_nms
+from src.data.resize import InputPolicy
 
 SOFT_NMS_METHODS = ("linear", "gaussian", "hard")
 NMS_METHODS = SOFT_NMS_METHODS + ("nms",)
@@ -230,3 +232,69 @@ class DenseOutputDecoder:
         boxes, scores = outputs[0], outputs[1]
         factors = outputs[2] if len(outputs) > 2 else None
         return np.asarray(boxes, dtype=np.float32) / self.scale, scores, self.has_background, factors
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """The keyword arguments of `detect`, read once from the config: its `test:` section and the
+    box convention `data.pixel_offset` (the NMS IoU)."""
+
+    score_threshold: float = 0.1
+    nms_method: str = "linear"
+    nms_threshold: float = 0.3
+    soft_sigma: float = 0.5
+    soft_min_score: float = 0.001
+    keep_per_class: Optional[int] = 50
+    max_per_image: Optional[int] = 100
+    pixel_offset: bool = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "DetectionSettings":
+        test = cfg.test
+        return cls(float(test.score_threshold), str(test.nms_method), float(test.nms_threshold),
+                   float(test.soft_sigma), float(test.soft_min_score), test.keep_per_class, test.max_per_image,
+                   bool(cfg.data.pixel_offset))
+
+    def as_kwargs(self) -> dict:
+        return asdict(self)
+
+
+def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, width: int,
+                       clip: bool = False) -> np.ndarray:
+    """Boxes in [0, 1] of the network input -> pixels of the original height x width image."""
+    if policy.mode == "square":
+        out = scale_boxes(boxes, width, height)
+    else:
+        canvas_h, canvas_w = policy.canvas()
+        sx, sy = policy.scale((height, width))
+        out = np.asarray(boxes, dtype=np.float32) * np.array(
+            [canvas_w / sx, canvas_h / sy, canvas_w / sx, canvas_h / sy], dtype=np.float32)
+    if clip:
+        out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
+        out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
+    return out
+
+
+class Postprocessor:
+    """One image's network outputs -> its Detections in original-image pixels; the one path that
+    evaluation, infer.py, serve.py, the Python API and the benchmarks share.
+
+        outputs --decoder--> boxes in [0, 1] of the network input, scores, has_background, factors
+                --to_original_pixels (InputPolicy)--> pixels  --detect (DetectionSettings)--> Detections
+
+    clip: clip boxes to the image before NMS; None follows the decoder (the SSD decoder keeps the
+    reference's unclipped boxes for evaluation; inference clips, see src/inference/predictor.py).
+    """
+
+    def __init__(self, decoder: Callable, policy: InputPolicy, settings: DetectionSettings,
+                 clip: Optional[bool] = None):
+        self.decoder = decoder
+        self.policy = policy
+        self.settings = settings
+        self.clip = getattr(decoder, "clip", False) if clip is None else bool(clip)
+        self._kwargs = settings.as_kwargs()
+
+    def __call__(self, outputs, height: int, width: int) -> Detections:
+        boxes, scores, has_background, factors = self.decoder(outputs)
+        boxes = to_original_pixels(boxes, self.policy, height, width, self.clip)
+        return detect(boxes, scores, has_background=has_background, score_factors=factors, **self._kwargs)

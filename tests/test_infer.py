@@ -16,11 +16,10 @@ from heads.box_coder import SSDBoxCoder
 from src.builder import build_priors
 from src.config import load_config
 from src.data.transforms import preprocess_for_test
-from src.evaluation.evaluator import detect_kwargs, to_original_pixels
 from src.export import export_detector
 from src.inference import Predictor, detections_to_entry, load_class_names
 from src.inference.names import NamesError
-from src.postprocess import Detections, detect
+from src.postprocess import Detections, DetectionSettings, detect, to_original_pixels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
@@ -60,7 +59,7 @@ def test_predictor_is_the_evaluation_path(model):
     images = [picture(80, 100, 0), picture(120, 64, 1), picture(50, 50, 2)]
     predictor = Predictor.from_checkpoint(cfg, ckpt, batch_size=2)
     got = predictor.predict(images)
-    one_by_one = Predictor(cfg, predictor.network, predictor.decoder, batch_size=1).predict(images)
+    one_by_one = Predictor(predictor.network, predictor.preprocess, predictor.postprocessor, batch_size=1).predict(images)
     priors = build_priors(cfg).boxes()
     coder = SSDBoxCoder(cfg.priors.variance)
     for image, dets, single in zip(images, got, one_by_one):
@@ -70,7 +69,7 @@ def test_predictor_is_the_evaluation_path(model):
         boxes = coder.decode(loc, priors) * np.array([w, h, w, h], np.float32)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
-        expected = detect(boxes, scores, **detect_kwargs(cfg))
+        expected = detect(boxes, scores, **DetectionSettings.from_config(cfg).as_kwargs())
         assert len(dets.scores) > 0
         for a, b, c in zip(expected, dets, single):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
@@ -102,10 +101,10 @@ def test_mindir_predictor_decodes_like_the_checkpoint(model, mindir):
     out_ckpt, out_file = from_ckpt._run(batch), from_file._run(batch)
     for i, image in enumerate(images):
         h, w = image.shape[:2]
-        boxes_c, scores_c, _, _ = from_ckpt.decoder([o[i] for o in out_ckpt])
-        boxes_f, scores_f, _, _ = from_file.decoder([o[i] for o in out_file])
-        np.testing.assert_allclose(to_original_pixels(boxes_f, from_file.policy, h, w, True),
-                                   to_original_pixels(boxes_c, from_ckpt.policy, h, w, True), atol=1e-3)
+        boxes_c, scores_c, _, _ = from_ckpt.postprocessor.decoder([o[i] for o in out_ckpt])
+        boxes_f, scores_f, _, _ = from_file.postprocessor.decoder([o[i] for o in out_file])
+        np.testing.assert_allclose(to_original_pixels(boxes_f, from_file.postprocessor.policy, h, w, True),
+                                   to_original_pixels(boxes_c, from_ckpt.postprocessor.policy, h, w, True), atol=1e-3)
         np.testing.assert_allclose(scores_f, scores_c, atol=1e-5)
     dets = from_file.predict(images, score_threshold=0.0)
     assert all(len(d.scores) > 0 for d in dets)

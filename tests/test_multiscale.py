@@ -12,7 +12,7 @@ from src.config import load_config
 from src.data.pipeline import EpochSampler, create_test_dataset, create_train_dataset
 from src.data.resize import InputPolicy, KeepRatioTrainTransform, keep_ratio_input
 from src.data.synthetic import make_synthetic_coco
-from src.evaluation.evaluator import to_original_pixels
+from src.postprocess import to_original_pixels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")

@@ -49,9 +49,9 @@ from heads.assigners.max_iou import MaxIoUAssigner
 from heads.box_coder import SSDBoxCoder
 from src.data.coco import CocoDetection, check_num_classes
 from src.data.dense_targets import AnchorLayout, DenseTargetEncoder
-from src.data.resize import InputPolicy, KeepRatioTrainTransform, keep_ratio_input
+from src.data.resize import InputPolicy, KeepRatioTrainTransform, TestInput
 from src.data.targets import SSDTargetEncoder
-from src.data.transforms import SSDPlainTransform, SSDTrainTransform, preprocess_for_test
+from src.data.transforms import SSDPlainTransform, SSDTrainTransform
 
 logger = logging.getLogger(__name__)
 
@@ -235,22 +235,13 @@ class _SizeFreeEncoder:
 class TestSource:
     """Random-access source: token -> (image CHW float32, image_id int64, orig_hw (2,) int32)."""
 
-    def __init__(self, reader: CocoDetection, size: int, mean, policy: Optional[InputPolicy] = None,
-                 std=None, rgb: bool = False):
+    def __init__(self, reader: CocoDetection, test_input: TestInput):
         self.reader = reader
-        self.size = size
-        self.mean = tuple(float(v) for v in mean)
-        self.policy = policy or InputPolicy("square", int(size))
-        self.std = None if std is None else tuple(float(v) for v in std)
-        self.rgb = bool(rgb)
+        self.preprocess = test_input
+        self.policy = test_input.policy
 
     def __len__(self) -> int:
         return len(self.reader)
-
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        if self.policy.mode == "square":
-            return preprocess_for_test(image, self.policy.test_size, self.mean, std=self.std, rgb=self.rgb)
-        return keep_ratio_input(image, self.policy, None, self.mean, self.std, self.rgb)
 
     def __getitem__(self, token: int):
         _limit_cv2_threads()
@@ -393,8 +384,7 @@ def create_test_dataset(cfg, split: str = "val", batch_size: int = 1,
     reader = build_reader(cfg, split)
     sampler = EpochSampler(len(reader), seed=0, shuffle=False, num_shards=num_shards,
                            shard_id=shard_id, pad=False)
-    source = TestSource(reader, int(cfg.model.input_size), cfg.data.mean, InputPolicy.from_config(cfg),
-                        **_normalisation(cfg))
+    source = TestSource(reader, TestInput.from_config(cfg))
     dataset = _generator(source, TEST_COLUMNS, sampler, _workers(cfg, num_workers))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     dataset.data_info = DataInfo(reader, len(reader), len(sampler), batch_size,

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from src.data.transforms import mirror, to_network_input
+from src.data.transforms import mirror, preprocess_for_test, to_network_input
 
 RESIZE_MODES = ("square", "keep_ratio")
 
@@ -125,6 +125,29 @@ def keep_ratio_input(image: np.ndarray, policy: InputPolicy, size: Optional[int]
     out = np.zeros((3, canvas_h, canvas_w), dtype=np.float32)
     out[:, :new_h, :new_w] = content
     return out
+
+
+@dataclass(frozen=True)
+class TestInput:
+    """uint8 BGR image -> the network input (3, H, W) at test time: the evaluation pipeline,
+    infer.py, serve.py and the Python API all call this one object."""
+
+    policy: InputPolicy
+    mean: tuple
+    std: Optional[tuple] = None
+    rgb: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "TestInput":
+        data = cfg.data
+        std = data.get("std")
+        return cls(InputPolicy.from_config(cfg), tuple(float(v) for v in data.mean),
+                   None if not std else tuple(float(v) for v in std), bool(data.get("rgb", False)))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.policy.mode == "square":
+            return preprocess_for_test(image, self.policy.test_size, self.mean, std=self.std, rgb=self.rgb)
+        return keep_ratio_input(image, self.policy, None, self.mean, self.std, self.rgb)
 
 
 class KeepRatioTrainTransform:

@@ -17,59 +17,27 @@ from typing import Iterator
 import mindspore as ms
 import numpy as np
 
-from src.builder import build_output_decoder
+from src.builder import build_postprocessor
 from src.data.pipeline import NOT_READ, create_test_dataset
-from src.data.resize import InputPolicy
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
-from src.postprocess import Detections, detect, scale_boxes
+from src.postprocess import Detections, Postprocessor
 from src.utils.io import write_json_atomic
 from src.visualize import draw_detections
 
 log = logging.getLogger("m2det.eval")
 
 
-def detect_kwargs(cfg) -> dict:
-    """The config's `test:` section, and the box convention `data.pixel_offset` (NMS IoU), as
-    keyword arguments of `postprocess.detect`."""
-    keys = ("score_threshold", "nms_method", "nms_threshold", "soft_sigma", "soft_min_score",
-            "keep_per_class", "max_per_image")
-    kwargs = {k: cfg.test[k] for k in keys}
-    kwargs["pixel_offset"] = bool(cfg.data.pixel_offset)
-    return kwargs
-
-
-def to_original_pixels(boxes: np.ndarray, policy: InputPolicy, height: int, width: int,
-                       clip: bool = False) -> np.ndarray:
-    """Boxes in [0, 1] of the network input -> pixels of the original height x width image."""
-    if policy.mode == "square":
-        out = scale_boxes(boxes, width, height)
-    else:
-        canvas_h, canvas_w = policy.canvas()
-        sx, sy = policy.scale((height, width))
-        out = np.asarray(boxes, dtype=np.float32) * np.array(
-            [canvas_w / sx, canvas_h / sy, canvas_w / sx, canvas_h / sy], dtype=np.float32)
-    if clip:
-        out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
-        out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
-    return out
-
-
-def iterate_detections(detector, dataset, decoder, cfg, timings: dict,
-                       policy: InputPolicy | None = None,
+def iterate_detections(detector, dataset, postprocessor: Postprocessor, timings: dict,
                        not_read: list | None = None) -> Iterator[tuple[int, int, int, Detections]]:
     """Yield (image_id, height, width, detections in original pixels) for every image read.
 
-    decoder: one image's network outputs -> (boxes in [0, 1], scores, has_background, score factors)
-    (src.builder.build_output_decoder). Batches are padded to the dataset's batch size so
-    GRAPH mode compiles one shape only. Images the pipeline could not read (size NOT_READ)
-    yield nothing: their ids are appended to `not_read`.
+    postprocessor: one image's network outputs -> its detections (src.builder.build_postprocessor).
+    Batches are padded to the dataset's batch size so GRAPH mode compiles one shape only. Images
+    the pipeline could not read (size NOT_READ) yield nothing: their ids are appended to `not_read`.
     """
-    kwargs = detect_kwargs(cfg)
     batch_size = dataset.data_info.batch_size
     for images, image_ids, sizes in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
         n = images.shape[0]
-        if policy is None:
-            policy = InputPolicy("square", int(images.shape[-1]))
         if n < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
         start = time.perf_counter()
@@ -82,9 +50,7 @@ def iterate_detections(detector, dataset, decoder, cfg, timings: dict,
                 if not_read is not None:
                     not_read.append(int(image_ids[i]))
                 continue
-            boxes, scores, has_background, factors = decoder([o[i] for o in outputs])
-            boxes = to_original_pixels(boxes, policy, height, width, getattr(decoder, "clip", False))
-            dets = detect(boxes, scores, has_background=has_background, score_factors=factors, **kwargs)
+            dets = postprocessor([o[i] for o in outputs], height, width)
             timings["postprocess_s"] += time.perf_counter() - start
             yield int(image_ids[i]), height, width, dets
             start = time.perf_counter()
@@ -97,14 +63,13 @@ def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "va
     detector.set_train(False)
     dataset = create_test_dataset(cfg, split=split, batch_size=batch_size)
     info = dataset.data_info
-    decoder = build_output_decoder(cfg, priors)
+    postprocessor = build_postprocessor(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
     results, drawn, evaluated, not_read = [], [], [], []
-    for image_id, _, _, dets in iterate_detections(detector, dataset, decoder, cfg, timings,
-                                                   InputPolicy.from_config(cfg), not_read):
+    for image_id, _, _, dets in iterate_detections(detector, dataset, postprocessor, timings, not_read):
         evaluated.append(image_id)
         results += detections_to_coco(image_id, dets.boxes, dets.scores, dets.labels, info.label_to_cat_id,
-                                      pixel_offset=bool(cfg.data.pixel_offset))
+                                      pixel_offset=postprocessor.settings.pixel_offset)
         if len(drawn) < draw:
             drawn.append((image_id, dets))
     if not_read:

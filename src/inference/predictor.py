@@ -1,12 +1,11 @@
 """Predictor: images -> detections, from a checkpoint or an exported MINDIR.
 
-    uint8 BGR image --test preprocessing (src/data: resize, mean/std)--> batch, padded to a fixed size
+    uint8 BGR image --TestInput (src/data/resize.py: resize, mean/std)--> batch, padded to a fixed size
       --network (Detector or mindspore GraphCell), one call at a time--> outputs
-      --output decoder (src.builder.build_output_decoder, as evaluation)--> boxes in [0, 1]
-      --to_original_pixels (clipped to the image) + postprocess.detect (NMS, top-k)--> Detections
+      --Postprocessor (src/postprocess.py: decode, to image pixels (clipped), detect)--> Detections
 
-The pieces after the network are those of src/evaluation/evaluator.py, so inference and COCO
-evaluation cannot drift apart. Boxes are clipped to the image before NMS (evaluation keeps the
+The pre- and post-processing objects are the ones the evaluation pipeline uses
+(src/evaluation/evaluator.py), so inference and COCO evaluation cannot drift apart. Boxes are clipped to the image before NMS (evaluation keeps the
 reference's unclipped SSD boxes); a MINDIR exported with --with_decode clips in the graph, so
 both backends give the same detections.
 
@@ -23,12 +22,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from src.builder import build_detector, build_output_decoder, build_priors, is_dense
-from src.data.resize import InputPolicy, keep_ratio_input
-from src.data.transforms import preprocess_for_test
-from src.evaluation.evaluator import detect_kwargs, to_original_pixels
+from src.builder import build_detector, build_output_decoder, build_priors, input_policy, is_dense
+from src.data.resize import InputPolicy, TestInput
 from src.inference.fast_network import inference_network
-from src.postprocess import Detections, detect
+from src.postprocess import Detections, DetectionSettings, Postprocessor
 from src.training.checkpoint import load_detector_weights, read_checkpoint
 
 log = logging.getLogger("m2det.infer")
@@ -101,29 +98,31 @@ class Predictor:
     """Run a detector on lists of images (uint8 BGR, any sizes) in fixed-size batches.
 
     Args:
-        cfg: the config the network was built from (input policy, normalisation, `test:` section).
         network: called on a (batch_size, 3, H, W) float32 Tensor, returns a tuple of Tensors.
-        decoder: one image's outputs -> (boxes in [0, 1] of the network input, scores, has_background,
-            score factors or None).
+        test_input: image -> network input (`TestInput.from_config(cfg)`).
+        postprocessor: one image's outputs -> its detections in image pixels
+            (`src.builder.build_postprocessor(cfg, clip=True)`).
         batch_size: the network's batch dimension; shorter batches are padded with zeros.
         description: what the network is (for logs and /health).
+
+    `from_checkpoint` and `from_mindir` build all of it from a config.
     """
 
-    def __init__(self, cfg, network: Callable, decoder: Callable, batch_size: int = 1, description: str = ""):
+    def __init__(self, network: Callable, test_input: TestInput, postprocessor: Postprocessor,
+                 batch_size: int = 1, description: str = ""):
         if batch_size < 1:
             raise PredictorError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg = cfg
         self.network = network
-        self.decoder = decoder
+        self.preprocess = test_input
+        self.postprocessor = postprocessor
         self.batch_size = int(batch_size)
         self.description = description
-        self.policy = InputPolicy.from_config(cfg)
-        self.detect_kwargs = detect_kwargs(cfg)
-        data = cfg.data
-        self._mean = tuple(float(v) for v in data.mean)
-        self._std = tuple(float(v) for v in data.std) if data.get("std") is not None else None
-        self._rgb = bool(data.get("rgb", False))
         self._lock = threading.Lock()
+
+    @classmethod
+    def _from_config(cls, cfg, network: Callable, decoder: Callable, batch_size: int, description: str):
+        postprocessor = Postprocessor(decoder, input_policy(cfg), DetectionSettings.from_config(cfg), clip=True)
+        return cls(network, TestInput.from_config(cfg), postprocessor, batch_size, description)
 
     @classmethod
     def from_checkpoint(cls, cfg, path: str, batch_size: int = 1) -> "Predictor":
@@ -132,7 +131,7 @@ class Predictor:
         detector = build_detector(cfg)
         load_detector_weights(detector, read_checkpoint(path), path)
         network = inference_network(detector, cfg.test)
-        return cls(cfg, network, build_output_decoder(cfg), batch_size, f"checkpoint {path}")
+        return cls._from_config(cfg, network, build_output_decoder(cfg), batch_size, f"checkpoint {path}")
 
     @classmethod
     def from_mindir(cls, cfg, path: str) -> "Predictor":
@@ -156,13 +155,7 @@ class Predictor:
         except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals
             raise PredictorError(f"cannot load MINDIR {path}: {str(exc).splitlines()[0]}") from exc
         decoder = DecodedBoxesDecoder() if meta.get("with_decode") else build_output_decoder(cfg)
-        return cls(cfg, cell, decoder, int(shape[0]), f"MINDIR {path}")
-
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """uint8 BGR (H, W, 3) -> the network input (3, H', W'), as the evaluation pipeline makes it."""
-        if self.policy.mode == "square":
-            return preprocess_for_test(image, self.policy.test_size, self._mean, std=self._std, rgb=self._rgb)
-        return keep_ratio_input(image, self.policy, None, self._mean, self._std, self._rgb)
+        return cls._from_config(cfg, cell, decoder, int(shape[0]), f"MINDIR {path}")
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         import mindspore as ms
@@ -182,9 +175,6 @@ class Predictor:
             outputs = self._run(batch)
             for i, image in enumerate(chunk):
                 height, width = image.shape[:2]
-                boxes, scores, has_background, factors = self.decoder([o[i] for o in outputs])
-                boxes = to_original_pixels(boxes, self.policy, height, width, clip=True)
-                dets = detect(boxes, scores, has_background=has_background, score_factors=factors,
-                              **self.detect_kwargs)
+                dets = self.postprocessor([o[i] for o in outputs], height, width)
                 results.append(keep_above(dets, score_threshold))
         return results
