@@ -9,7 +9,7 @@ Both passes over the gradients are one `HyperMap` each (squared sum per gradient
 multiply by the shared scalar), which the graph compiler handles as a single mapped function.
 An earlier version concatenated the small gradients into one flat vector to save kernel
 launches; in GRAPH mode that concatenation of a few hundred gradients made the training graph
-compile 4-6x slower and hold 2-3 GiB more (docs/BENCHMARKS.md, "Compile cost"). MindSpore's
+compile 4-11x slower and hold 2.3-2.6 GiB more (docs/BENCHMARKS.md, "Compile cost"). MindSpore's
 own clip maps too but keeps a squared copy of every gradient and multiplies twice.
 """
 from __future__ import annotations
