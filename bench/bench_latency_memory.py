@@ -19,7 +19,11 @@ Every measurement runs in a fresh process (`--worker`), so that its peak residen
             (prior, class) scores above the score threshold that reached NMS: random weights
             make it unlike a trained model's, so `--eval` measures the real split.
     train   the project's TrainStep (forward + loss + backward + clip + SGD), batch 2, with
-            Winograd convolutions when the config says train.winograd: true
+            Winograd convolutions when the config says train.winograd: true. Besides the steady
+            step: the first step (`first_call_s` = graph compilation, timed alone with
+            Cell.compile as `compile_s`, + the first execution `first_run_s`) and the resident set
+            after building the network, after compiling (`compile_rss_mib` = what compilation
+            added), after the first step and after the last (steady state)
     torch_infer / torch_train   the PyTorch reference doing the same (--no_torch skips them)
 
 `--eval CONFIG CHECKPOINT --data_dir D` runs src.evaluation.evaluator.evaluate over the split
@@ -137,13 +141,23 @@ def worker_train(cfg, reps: int, batch: int) -> dict:
         use_winograd(detector, trainable=True)
     step = H.mindspore_train_step(detector, cfg)
     inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
+    built_rss = current_rss_mib()
+    # the graph compilation alone (Cell.compile), then the first execution, then steady steps
+    start = time.perf_counter()
+    step.compile(*inputs)
+    compile_s = time.perf_counter() - start
+    compiled_rss = current_rss_mib()
     times = []
+    rss_after = []
     for _ in range(reps + 1):
         start = time.perf_counter()
         step(*inputs)[0].asnumpy()
         times.append(time.perf_counter() - start)
-    return {"step_ms": 1e3 * H.median(times[1:]), "first_call_s": times[0], "import_rss_mib": import_rss,
-            "winograd": bool(cfg.train.winograd)}
+        rss_after.append(current_rss_mib())
+    return {"step_ms": 1e3 * H.median(times[1:]), "first_call_s": compile_s + times[0], "compile_s": compile_s,
+            "first_run_s": times[0], "built_rss_mib": built_rss, "compiled_rss_mib": compiled_rss,
+            "compile_rss_mib": compiled_rss - built_rss, "first_step_rss_mib": rss_after[0],
+            "steady_rss_mib": rss_after[-1], "import_rss_mib": import_rss, "winograd": bool(cfg.train.winograd)}
 
 
 def worker_torch(cfg, reps: int, batch: int, train: bool) -> dict:
@@ -316,6 +330,17 @@ def main(argv=None) -> int:
              "PyTorch inference (MiB)", "PyTorch train step (MiB)", "after import (MiB)"],
             [[r["config"], mib(r, "infer"), mib(r, "train"), mib(r, "torch_infer"), mib(r, "torch_train"),
               f"{r['infer']['import_rss_mib']:,.0f}"] for r in memory]))
+        trained = [r for r in memory if "train" in r and "failed" not in r["train"]]
+        if trained:
+            print()
+            print(markdown_table(
+                ["config", f"train b{args.train_batch}: first step s", "compile s", "steady step s",
+                 "RSS built (MiB)", "compile adds (MiB)", "RSS after step 1 (MiB)", "steady RSS (MiB)",
+                 "peak RSS (MiB)"],
+                [[r["config"], f"{t['first_call_s']:.1f}", f"{t['compile_s']:.1f}", f"{t['step_ms'] / 1e3:.2f}",
+                  f"{t['built_rss_mib']:,.0f}", f"{t['compile_rss_mib']:,.0f}", f"{t['first_step_rss_mib']:,.0f}",
+                  f"{t['steady_rss_mib']:,.0f}", f"{t['peak_rss_mib']:,.0f}"]
+                 for r in trained for t in [r["train"]]]))
     if args.json:
         _write_json(args.json, result)
     return 0

@@ -81,6 +81,20 @@ def test_latency_mode_runs_inference_workers_only(tmp_path):
     assert "| tiny | 128 |" in stdout and "batch 1, 2 threads, median of 1" in stdout
 
 
+def test_latency_memory_train_worker():
+    """The train worker's compile / first-step / steady figures exist and are ordered sensibly."""
+    stdout = run("bench_latency_memory.py", "--worker", "train", "--configs", TINY, "--reps", "1")
+    line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    for key in ("step_ms", "first_call_s", "compile_s", "first_run_s", "built_rss_mib", "compiled_rss_mib",
+                "first_step_rss_mib", "steady_rss_mib", "peak_rss_mib"):
+        assert positive(result[key]), (key, result)
+    assert result["first_call_s"] == result["compile_s"] + result["first_run_s"]
+    assert result["compile_rss_mib"] == result["compiled_rss_mib"] - result["built_rss_mib"]
+    assert result["import_rss_mib"] <= result["built_rss_mib"] <= result["peak_rss_mib"]
+    assert result["steady_rss_mib"] <= result["peak_rss_mib"] + 1
+
+
 @pytest.mark.parametrize("overrides", [[], ["model.backbone.batch_norm=true"]])
 def test_torch_twin_is_the_same_network(overrides):
     """The benchmark is only meaningful if both frameworks run the same function: the weights go
