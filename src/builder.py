@@ -276,8 +276,7 @@ def build_output_decoder(cfg, priors=None):
         h, w = input_policy(cfg).canvas()
         return DenseOutputDecoder((h, w))
     priors = priors if priors is not None else build_priors(cfg)
-    boxes = priors.boxes() if hasattr(priors, "boxes") else priors
-    return SSDOutputDecoder(boxes, cfg.priors.variance)
+    return SSDOutputDecoder(priors.boxes(), cfg.priors.variance)
 
 
 def build_postprocessor(cfg, priors=None, clip: bool | None = None) -> Postprocessor:

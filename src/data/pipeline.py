@@ -297,10 +297,6 @@ def _generator(source, columns, sampler: EpochSampler, workers: int):
                                num_parallel_workers=workers, python_multiprocessing=workers > 1)
 
 
-def _priors_array(priors) -> np.ndarray:
-    return np.asarray(priors.boxes() if hasattr(priors, "boxes") else priors, dtype=np.float32)
-
-
 def _normalisation(cfg) -> dict:
     data = cfg.data
     std = data.get("std")
@@ -332,7 +328,7 @@ def _train_encoder(cfg, priors, policy: InputPolicy) -> tuple[Callable, list]:
     if policy.multi_scale or policy.mode != "square":
         raise ValueError("the multibox head has one fixed prior set: it needs data.resize_mode 'square' "
                          "and no data.train_sizes other than model.input_size")
-    encoder = SSDTargetEncoder(_priors_array(priors), SSDBoxCoder(cfg.priors.variance),
+    encoder = SSDTargetEncoder(np.asarray(priors.boxes(), dtype=np.float32), SSDBoxCoder(cfg.priors.variance),
                                MaxIoUAssigner(pos_threshold=float(cfg.data.match_threshold)))
     return _SizeFreeEncoder(encoder), TRAIN_COLUMNS
 
