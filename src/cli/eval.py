@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 
-from src.config import ConfigError
 from src.utils.cli_args import non_negative_int, positive_int
 
 
@@ -40,23 +39,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     overrides = list(args.overrides) + ([f"data.root={args.data_dir}"] if args.data_dir else [])
-    from src.model_info import (ModelInfoError, class_names_for, info_from_checkpoint, resolve_config,
-                                write_resolved_config)
-    from src.device import DeviceUnavailable, check_device, set_context
-    from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
+    from src.cli.loading import CliFailure, open_checkpoint
+    from src.device import set_context
+    from src.model_info import write_resolved_config
+    from src.training.checkpoint import CheckpointError, load_detector_weights
 
     try:
-        check_device(args.device_target)          # before reading anything: the environment first
-        params = read_checkpoint(args.checkpoint)
-        info = info_from_checkpoint(params, args.checkpoint)
-        cfg = resolve_config(info, args.config, overrides)
-        class_names_for(info, cfg.model.num_classes)          # stored names must fit the config
-    except (ConfigError, ModelInfoError) as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, DeviceUnavailable) as exc:
-        print(f"evaluation failed: {exc}", file=sys.stderr)
-        return 1
+        cfg, _, params = open_checkpoint(args.checkpoint, args.config, overrides, args.device_target,
+                                         "evaluation failed")
+    except CliFailure as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
 
     import mindspore as ms
 

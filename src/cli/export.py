@@ -38,23 +38,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
-    from src.config import ConfigError
-    from src.model_info import ModelInfoError, class_names_for, info_from_checkpoint, resolve_config
-    from src.device import DeviceUnavailable, check_device
-    from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
+    from src.cli.loading import CliFailure, open_checkpoint
+    from src.training.checkpoint import CheckpointError, load_detector_weights
 
     try:
-        check_device(args.device_target)          # before reading anything: the environment first
-        params = read_checkpoint(args.checkpoint)
-        info = info_from_checkpoint(params, args.checkpoint)
-        cfg = resolve_config(info, args.config, args.overrides)
-        class_names_for(info, cfg.model.num_classes)          # stored names must fit the config
-    except (ConfigError, ModelInfoError) as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, DeviceUnavailable) as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 1
+        cfg, info, params = open_checkpoint(args.checkpoint, args.config, args.overrides, args.device_target,
+                                            "export failed")
+    except CliFailure as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
 
     import mindspore as ms
 

@@ -99,47 +99,22 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    from src.config import ConfigError
+    from src.cli.loading import CliFailure, open_predictor
     from src.inference.images import expand_image_paths
-    from src.inference.model_files import class_names, open_model
-    from src.inference.names import NamesError
-    from src.model_info import ModelInfoError, write_resolved_config
-    from src.training.checkpoint import CheckpointError
+    from src.model_info import write_resolved_config
 
-    try:
-        cfg, info = open_model(args.checkpoint or args.mindir, args.config, args.overrides)
-    except (ConfigError, ModelInfoError) as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"inference failed: {exc}", file=sys.stderr)
-        return 1
     paths = expand_image_paths(args.images)
     if not paths:
         print(f"no images found for --images {args.images}", file=sys.stderr)
         return 2
     try:
-        names = class_names(cfg, info, args.names, args.ann)
-    except (NamesError, ModelInfoError) as exc:
-        print(f"class names: {exc}", file=sys.stderr)
-        return 2
-
-    from src.inference import Predictor, PredictorError
-    from src.device import DeviceUnavailable, set_context
-
-    try:
-        set_context(args.device_target, args.mode)
-    except DeviceUnavailable as exc:
-        print(f"inference failed: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if args.checkpoint:
-            predictor = Predictor.from_checkpoint(cfg, args.checkpoint, args.batch_size)
-        else:
-            predictor = Predictor.from_mindir(cfg, args.mindir)
-    except (CheckpointError, PredictorError) as exc:
-        print(f"inference failed: {exc}", file=sys.stderr)
-        return 1
+        cfg, names, predictor = open_predictor(
+            args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint), config_path=args.config,
+            overrides=args.overrides, names_file=args.names, ann_file=args.ann, device_target=args.device_target,
+            mode=args.mode, batch_size=args.batch_size, failed="inference failed")
+    except CliFailure as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
     summary = run(args, predictor, names, paths)
     write_resolved_config(args.out, cfg)
     failed = sum("error" in r for r in summary)

@@ -78,40 +78,17 @@ def check_args(args) -> str | None:
 
 def build_service(args):
     """The loaded model as a ScoringService, or an exit code after printing why not."""
-    from src.config import ConfigError
-    from src.inference.model_files import class_names, open_model
-    from src.model_info import ModelInfoError
-    from src.training.checkpoint import CheckpointError
-
-    try:
-        cfg, info = open_model(args.checkpoint or args.mindir, args.config, args.overrides)
-    except (ConfigError, ModelInfoError) as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"cannot serve: {exc}", file=sys.stderr)
-        return 1
-    from src.inference import Predictor, PredictorError
-    from src.inference.names import NamesError
+    from src.cli.loading import CliFailure, open_predictor
     from src.inference.scoring import Limits, ScoringService
-    from src.device import DeviceUnavailable, set_context
 
     try:
-        names = class_names(cfg, info, args.names, args.ann)
-    except (NamesError, ModelInfoError) as exc:
-        print(f"class names: {exc}", file=sys.stderr)
-        return 2
-    try:
-        set_context(args.device_target, args.mode)
-    except DeviceUnavailable as exc:
-        print(f"cannot serve: {exc}", file=sys.stderr)
-        return 1
-    try:
-        predictor = (Predictor.from_checkpoint(cfg, args.checkpoint, args.batch_size) if args.checkpoint
-                     else Predictor.from_mindir(cfg, args.mindir))
-    except (CheckpointError, PredictorError) as exc:
-        print(f"cannot serve: {exc}", file=sys.stderr)
-        return 1
+        _, names, predictor = open_predictor(
+            args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint), config_path=args.config,
+            overrides=args.overrides, names_file=args.names, ann_file=args.ann, device_target=args.device_target,
+            mode=args.mode, batch_size=args.batch_size, failed="cannot serve")
+    except CliFailure as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
     limits = Limits(max_body_bytes=int(args.max_request_mb * 1024 * 1024), max_images=args.max_images,
                     max_pixels=args.max_pixels, max_pending=args.max_pending, max_receiving=args.max_receiving,
                     timeout_s=args.request_timeout)

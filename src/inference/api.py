@@ -39,13 +39,13 @@ class DetectionResult:
 
 
 class LoadedDetector:
-    """A predictor plus the model's class names; call it on images."""
+    """A predictor plus the model's class names (and the config it was built from); call it on images."""
 
-    def __init__(self, predictor: Predictor, names: Sequence[str], score_threshold: float = 0.3):
+    def __init__(self, predictor: Predictor, names: Sequence[str], score_threshold: float = 0.3, config=None):
         self.predictor = predictor
         self.class_names = list(names)
         self.score_threshold = score_threshold
-        self.config = predictor.cfg
+        self.config = config
 
     def _image(self, item: ImageInput) -> np.ndarray:
         if isinstance(item, np.ndarray):
@@ -78,4 +78,4 @@ def load_detector(path: str, config: Optional[str] = None, *, names: Optional[st
     class_list = class_names(cfg, info, names)
     predictor = Predictor.from_mindir(cfg, path) if is_mindir(path) else Predictor.from_checkpoint(cfg, path,
                                                                                                  batch_size)
-    return LoadedDetector(predictor, class_list, score_threshold)
+    return LoadedDetector(predictor, class_list, score_threshold, cfg)

@@ -95,15 +95,6 @@ def _resume_point(opts: TrainOptions, manager: CheckpointManager) -> _ResumePoin
                         int(meta.get("step", 0)), int(meta.get("skipped_steps", 0)))
 
 
-def _check_class_count(cfg, info) -> None:
-    """The dataset's categories must be the model's foreground classes (before anything compiles)."""
-    found, expected = len(info.cat_names), cfg.model.num_classes - 1
-    if found != expected:
-        raise TrainingError(f"the training annotations ({cfg.data.train_ann}) have {found} categories but the "
-                            f"model has {expected} foreground classes (model.num_classes {cfg.model.num_classes} "
-                            f"includes the background): set --set model.num_classes={found + 1}")
-
-
 def _refuse_to_overwrite(opts: TrainOptions, manager: CheckpointManager) -> None:
     """A fresh run (no resume) must not replace another run's checkpoints unless asked."""
     if opts.resume or opts.overwrite:
@@ -215,7 +206,6 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
                                    shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed,
                                    start_epoch=start.completed_epochs)
     steps_per_epoch = dataset.data_info.steps_per_epoch
-    _check_class_count(cfg, dataset.data_info)
     model_entries = checkpoint_entries(cfg, dataset_classes(dataset.data_info.label_to_cat_id,
                                                             dataset.data_info.cat_names))
     if opts.rank == 0:

@@ -1,0 +1,71 @@
+"""Opening a model for the command-line programs: one place for the order of the checks and for
+which failure gets which exit code (2: the config or the class names; 1: the model file or the
+device), shared by eval, export, infer and serve.
+
+    cfg, info, params = open_checkpoint(args.checkpoint, args.config, overrides, device_target)
+    cfg, names, predictor = open_predictor(args, device_target=..., mode=..., batch_size=...)
+
+Both raise CliFailure(code, message); the programs print the message and return the code.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from src.config import ConfigError
+from src.device import DeviceUnavailable, check_device, set_context
+from src.inference import Predictor, PredictorError
+from src.inference.model_files import class_names, open_model
+from src.inference.names import NamesError
+from src.model_info import ModelInfoError, class_names_for, info_from_checkpoint, resolve_config
+from src.training.checkpoint import CheckpointError, read_checkpoint
+
+
+class CliFailure(Exception):
+    """A program cannot go on: `message` for stderr, `code` for the exit status."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def open_checkpoint(path: str, config_path: Optional[str], overrides: Iterable[str], device_target: str,
+                    failed: str):
+    """(cfg, ModelInfo, params) of a training checkpoint, after checking the device (the
+    environment first); the stored class names must fit the config. `failed` prefixes messages
+    about the file or the device ("evaluation failed")."""
+    try:
+        check_device(device_target)
+        params = read_checkpoint(path)
+        info = info_from_checkpoint(params, path)
+        cfg = resolve_config(info, config_path, overrides)
+        class_names_for(info, cfg.model.num_classes)
+    except (ConfigError, ModelInfoError) as exc:
+        raise CliFailure(2, f"config error: {exc}") from None
+    except (CheckpointError, DeviceUnavailable) as exc:
+        raise CliFailure(1, f"{failed}: {exc}") from None
+    return cfg, info, params
+
+
+def open_predictor(model_path: str, *, is_checkpoint: bool, config_path: Optional[str], overrides: Iterable[str],
+                   names_file: Optional[str], ann_file: Optional[str], device_target: str, mode: str,
+                   batch_size: int, failed: str):
+    """(cfg, class names, Predictor) of a checkpoint or a MINDIR, with the config and names it
+    carries unless given; the MindSpore context is set on the way."""
+    try:
+        cfg, info = open_model(model_path, config_path, overrides)
+    except (ConfigError, ModelInfoError) as exc:
+        raise CliFailure(2, f"config error: {exc}") from None
+    except CheckpointError as exc:
+        raise CliFailure(1, f"{failed}: {exc}") from None
+    try:
+        names = class_names(cfg, info, names_file, ann_file)
+    except (NamesError, ModelInfoError) as exc:
+        raise CliFailure(2, f"class names: {exc}") from None
+    try:
+        set_context(device_target, mode)
+        predictor = (Predictor.from_checkpoint(cfg, model_path, batch_size) if is_checkpoint
+                     else Predictor.from_mindir(cfg, model_path))
+    except (DeviceUnavailable, CheckpointError, PredictorError) as exc:
+        raise CliFailure(1, f"{failed}: {exc}") from None
+    return cfg, names, predictor
