@@ -99,7 +99,7 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    from src.cli.loading import CliFailure, open_predictor
+    from src.cli.loading import CliFailure, predictor_from_args
     from src.inference.images import expand_image_paths
     from src.model_info import write_resolved_config
 
@@ -108,10 +108,7 @@ def main(argv=None) -> int:
         print(f"no images found for --images {args.images}", file=sys.stderr)
         return 2
     try:
-        cfg, names, predictor = open_predictor(
-            args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint), config_path=args.config,
-            overrides=args.overrides, names_file=args.names, ann_file=args.ann, device_target=args.device_target,
-            mode=args.mode, batch_size=args.batch_size, failed="inference failed")
+        cfg, names, predictor = predictor_from_args(args, "inference failed")
     except CliFailure as exc:
         print(exc.message, file=sys.stderr)
         return exc.code

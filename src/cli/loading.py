@@ -69,3 +69,12 @@ def open_predictor(model_path: str, *, is_checkpoint: bool, config_path: Optiona
     except (DeviceUnavailable, CheckpointError, PredictorError) as exc:
         raise CliFailure(1, f"{failed}: {exc}") from None
     return cfg, names, predictor
+
+
+def predictor_from_args(args, failed: str):
+    """open_predictor with the flags infer.py and serve.py share (--checkpoint | --mindir, --config,
+    --set, --names, --ann, --device_target, --mode, --batch_size)."""
+    return open_predictor(args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint),
+                          config_path=args.config, overrides=args.overrides, names_file=args.names,
+                          ann_file=args.ann, device_target=args.device_target, mode=args.mode,
+                          batch_size=args.batch_size, failed=failed)

@@ -78,14 +78,11 @@ def check_args(args) -> str | None:
 
 def build_service(args):
     """The loaded model as a ScoringService, or an exit code after printing why not."""
-    from src.cli.loading import CliFailure, open_predictor
+    from src.cli.loading import CliFailure, predictor_from_args
     from src.inference.scoring import Limits, ScoringService
 
     try:
-        _, names, predictor = open_predictor(
-            args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint), config_path=args.config,
-            overrides=args.overrides, names_file=args.names, ann_file=args.ann, device_target=args.device_target,
-            mode=args.mode, batch_size=args.batch_size, failed="cannot serve")
+        _, names, predictor = predictor_from_args(args, "cannot serve")
     except CliFailure as exc:
         print(exc.message, file=sys.stderr)
         return exc.code

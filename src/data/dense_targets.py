@@ -23,6 +23,7 @@ from heads.anchors import AnchorGenerator
 from heads.assigners.atss import ATSSAssigner
 from heads.assigners.max_iou import MaxIoUAssigner
 from heads.labels import BACKGROUND, IGNORE
+from src.data.targets import ground_truth_arrays
 
 ASSIGNERS = ("atss", "max_iou")
 
@@ -96,10 +97,7 @@ class DenseTargetEncoder:
         num = anchors.shape[0]
         out_labels = np.full(num, BACKGROUND, dtype=np.int32)
         out_boxes = np.zeros((num, 4), dtype=np.float32)
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        labels = np.asarray(labels).reshape(-1)
-        if boxes.shape[0] != labels.shape[0]:
-            raise ValueError(f"{boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        boxes, labels = ground_truth_arrays(boxes, labels)
         if boxes.shape[0] == 0:
             return out_labels, out_boxes
         h, w = int(input_hw[0]), int(input_hw[1])

@@ -24,6 +24,15 @@ from heads.labels import IGNORE, softmax_column
 from heads.priors import center_to_corner
 
 
+def ground_truth_arrays(boxes, labels) -> tuple[np.ndarray, np.ndarray]:
+    """One image's ground truth as (G, 4) float32 boxes and (G,) labels, checked to agree."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    if boxes.shape[0] != labels.shape[0]:
+        raise ValueError(f"{boxes.shape[0]} boxes but {labels.shape[0]} labels")
+    return boxes, labels
+
+
 class SSDTargetEncoder:
     """Encode one image's GT against fixed priors.
 
@@ -49,10 +58,7 @@ class SSDTargetEncoder:
         num_priors = self.num_priors
         loc_t = np.zeros((num_priors, 4), dtype=np.float32)
         conf_t = np.zeros(num_priors, dtype=np.int32)
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        labels = np.asarray(labels).reshape(-1)
-        if boxes.shape[0] != labels.shape[0]:
-            raise ValueError(f"{boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        boxes, labels = ground_truth_arrays(boxes, labels)
         if boxes.shape[0] == 0:
             return loc_t, conf_t
 
