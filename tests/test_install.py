@@ -16,7 +16,7 @@ import sysconfig
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("train", "eval", "infer", "serve", "export", "convert")
+COMMANDS = ("train", "eval", "infer", "serve", "export", "convert", "convert-dataset")
 NOT_COPIED = {".git", ".venv", "build", "work_dirs", "__pycache__", ".pytest_cache", "kernel_meta"}
 
 pytestmark = pytest.mark.slow
