@@ -319,4 +319,4 @@ def test_dense_decoder_and_sigmoid_detect():
     want = detect(boxes, np.concatenate([np.zeros((40, 1), np.float32), scores], 1), **kwargs)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
-    assert set(got.labels.tolist()) <= {1, 2, 3}           # dataset label + 1, as for the softmax head
+    assert set(got.labels.tolist()) <= {0, 1, 2}           # class labels, 0-based, as for the softmax head

@@ -99,16 +99,16 @@ def run(args, predictor, names, paths: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    from src.cli.loading import CliFailure, predictor_from_args
+    from src.cli.loading import CliFailure, model_from_args, predictor_from_args
     from src.inference.images import expand_image_paths
     from src.model_info import write_resolved_config
 
-    paths = expand_image_paths(args.images)
-    if not paths:
-        print(f"no images found for --images {args.images}", file=sys.stderr)
-        return 2
     try:
-        cfg, names, predictor = predictor_from_args(args, "inference failed")
+        cfg, names = model_from_args(args, "inference failed")
+        paths = expand_image_paths(args.images)
+        if not paths:
+            raise CliFailure(2, f"no images found for --images {args.images}")
+        predictor = predictor_from_args(cfg, args, "inference failed")
     except CliFailure as exc:
         print(exc.message, file=sys.stderr)
         return exc.code

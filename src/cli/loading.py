@@ -3,9 +3,10 @@ which failure gets which exit code (2: the config or the class names; 1: the mod
 device), shared by eval, export, infer and serve.
 
     cfg, info, params = open_checkpoint(args.checkpoint, args.config, overrides, device_target)
-    cfg, names, predictor = open_predictor(args, device_target=..., mode=..., batch_size=...)
+    cfg, names = model_from_args(args, "inference failed")          # infer.py, serve.py
+    predictor = predictor_from_args(cfg, args, "inference failed")
 
-Both raise CliFailure(code, message); the programs print the message and return the code.
+Each raises CliFailure(code, message); the programs print the message and return the code.
 """
 from __future__ import annotations
 
@@ -47,11 +48,9 @@ def open_checkpoint(path: str, config_path: Optional[str], overrides: Iterable[s
     return cfg, info, params
 
 
-def open_predictor(model_path: str, *, is_checkpoint: bool, config_path: Optional[str], overrides: Iterable[str],
-                   names_file: Optional[str], ann_file: Optional[str], device_target: str, mode: str,
-                   batch_size: int, failed: str):
-    """(cfg, class names, Predictor) of a checkpoint or a MINDIR, with the config and names it
-    carries unless given; the MindSpore context is set on the way."""
+def open_model_files(model_path: str, *, config_path: Optional[str], overrides: Iterable[str],
+                     names_file: Optional[str], ann_file: Optional[str], failed: str):
+    """(cfg, class names) of a checkpoint or a MINDIR: the config and names it carries unless given."""
     try:
         cfg, info = open_model(model_path, config_path, overrides)
     except (ConfigError, ModelInfoError) as exc:
@@ -62,19 +61,29 @@ def open_predictor(model_path: str, *, is_checkpoint: bool, config_path: Optiona
         names = class_names(cfg, info, names_file, ann_file)
     except (NamesError, ModelInfoError) as exc:
         raise CliFailure(2, f"class names: {exc}") from None
+    return cfg, names
+
+
+def make_predictor(cfg, model_path: str, *, is_checkpoint: bool, device_target: str, mode: str, batch_size: int,
+                   failed: str) -> Predictor:
+    """The MindSpore context, then the Predictor of a checkpoint or a MINDIR."""
     try:
         set_context(device_target, mode)
-        predictor = (Predictor.from_checkpoint(cfg, model_path, batch_size) if is_checkpoint
-                     else Predictor.from_mindir(cfg, model_path))
+        return (Predictor.from_checkpoint(cfg, model_path, batch_size) if is_checkpoint
+                else Predictor.from_mindir(cfg, model_path))
     except (DeviceUnavailable, CheckpointError, PredictorError) as exc:
         raise CliFailure(1, f"{failed}: {exc}") from None
-    return cfg, names, predictor
 
 
-def predictor_from_args(args, failed: str):
-    """open_predictor with the flags infer.py and serve.py share (--checkpoint | --mindir, --config,
-    --set, --names, --ann, --device_target, --mode, --batch_size)."""
-    return open_predictor(args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint),
-                          config_path=args.config, overrides=args.overrides, names_file=args.names,
-                          ann_file=args.ann, device_target=args.device_target, mode=args.mode,
-                          batch_size=args.batch_size, failed=failed)
+def model_from_args(args, failed: str):
+    """open_model_files with the flags infer.py and serve.py share (--checkpoint | --mindir, --config,
+    --set, --names, --ann)."""
+    return open_model_files(args.checkpoint or args.mindir, config_path=args.config, overrides=args.overrides,
+                            names_file=args.names, ann_file=args.ann, failed=failed)
+
+
+def predictor_from_args(cfg, args, failed: str) -> Predictor:
+    """make_predictor with the shared flags (--device_target, --mode, --batch_size)."""
+    return make_predictor(cfg, args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint),
+                          device_target=args.device_target, mode=args.mode, batch_size=args.batch_size,
+                          failed=failed)

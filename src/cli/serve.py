@@ -78,11 +78,12 @@ def check_args(args) -> str | None:
 
 def build_service(args):
     """The loaded model as a ScoringService, or an exit code after printing why not."""
-    from src.cli.loading import CliFailure, predictor_from_args
+    from src.cli.loading import CliFailure, model_from_args, predictor_from_args
     from src.inference.scoring import Limits, ScoringService
 
     try:
-        _, names, predictor = predictor_from_args(args, "cannot serve")
+        cfg, names = model_from_args(args, "cannot serve")
+        predictor = predictor_from_args(cfg, args, "cannot serve")
     except CliFailure as exc:
         print(exc.message, file=sys.stderr)
         return exc.code
