@@ -19,15 +19,12 @@ import logging
 import os
 import sys
 
-from src.utils.cli_args import fraction, positive_int
+from src.utils.cli_args import add_model_arguments, fraction, positive_int
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="default: the config stored in the checkpoint / MINDIR sidecar")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="MindSpore checkpoint of the config's network")
-    model.add_argument("--mindir", help="MINDIR written by export.py (its .json description is read too)")
+    add_model_arguments(p)
     p.add_argument("--images", required=True, help="image file, folder or glob pattern")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch_size", type=positive_int, default=1, help="with --checkpoint (a MINDIR has its own)")

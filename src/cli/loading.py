@@ -87,3 +87,4 @@ def predictor_from_args(cfg, args, failed: str) -> Predictor:
     return make_predictor(cfg, args.checkpoint or args.mindir, is_checkpoint=bool(args.checkpoint),
                           device_target=args.device_target, mode=args.mode, batch_size=args.batch_size,
                           failed=failed)
+

@@ -25,16 +25,15 @@ import logging
 import os
 import sys
 
+from src.utils.cli_args import add_model_arguments
+
 # argv of the parent, for the worker processes of --workers N (each builds its own model)
 WORKER_ARGV = "M2DET_SERVE_ARGV"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="default: the config stored in the checkpoint / MINDIR sidecar")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--mindir", help="MINDIR written by export.py")
-    model.add_argument("--checkpoint", help="MindSpore checkpoint of the config's network")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--batch_size", type=int, default=1, help="with --checkpoint (a MINDIR has its own)")

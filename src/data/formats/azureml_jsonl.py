@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from src.data.formats.records import BoxRecord, DatasetFormatError, ImageRecord, check_box
+from src.data.formats.records import BoxRecord, DatasetFormatError, ImageRecord, check_box, require_inputs
 from src.data.formats.voc import image_size
 
 CORNERS = ("topX", "topY", "bottomX", "bottomY")
@@ -88,10 +88,7 @@ def _parse_line(data, images_dir: str, where: str) -> ImageRecord:
 
 def read_jsonl(path: str, images_dir: str) -> list[ImageRecord]:
     """Every non-blank line of `path`, its image under `images_dir`."""
-    if not os.path.isfile(path):
-        raise DatasetFormatError(f"JSONL file not found: {path}")
-    if not os.path.isdir(images_dir):
-        raise DatasetFormatError(f"image folder not found: {images_dir}")
+    require_inputs(path, images_dir, "JSONL file", folder=False)
     records = []
     with open(path, "r", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):

@@ -1,6 +1,8 @@
 """What a format reader returns: images with their boxes, in pixels, classes by name."""
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 
 
@@ -25,6 +27,15 @@ class ImageRecord:
     height: int
     boxes: list = field(default_factory=list)
     source: str = ""          # where it was described (file, or file:line), for messages
+
+
+def require_inputs(annotations: str, images_dir: str, what: str, folder: bool) -> None:
+    """Refuse a missing annotation file (or folder) and a missing image folder before reading;
+    `what` names the annotations in the message."""
+    if not (os.path.isdir(annotations) if folder else os.path.isfile(annotations)):
+        raise DatasetFormatError(f"{what} not found: {annotations}")
+    if not os.path.isdir(images_dir):
+        raise DatasetFormatError(f"image folder not found: {images_dir}")
 
 
 def check_box(box: BoxRecord, record: ImageRecord, where: str) -> BoxRecord:

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 
 import cv2
 
-from src.data.formats.records import BoxRecord, DatasetFormatError, ImageRecord, check_box
+from src.data.formats.records import BoxRecord, DatasetFormatError, ImageRecord, check_box, require_inputs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -93,10 +93,7 @@ def read_voc_file(xml_path: str, images_dir: str) -> ImageRecord:
 
 def read_voc(annotations_dir: str, images_dir: str) -> list[ImageRecord]:
     """Every *.xml in `annotations_dir` (sorted), its image in `images_dir`."""
-    if not os.path.isdir(annotations_dir):
-        raise DatasetFormatError(f"annotation folder not found: {annotations_dir}")
-    if not os.path.isdir(images_dir):
-        raise DatasetFormatError(f"image folder not found: {images_dir}")
+    require_inputs(annotations_dir, images_dir, "annotation folder", folder=True)
     files = sorted(f for f in os.listdir(annotations_dir) if f.lower().endswith(".xml"))
     if not files:
         raise DatasetFormatError(f"{annotations_dir}: no .xml annotation files")
