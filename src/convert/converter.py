@@ -23,7 +23,7 @@ from src.builder import BACKBONES, DENSE_HEADS, build_detector
 from src.convert.mmdet_names import adapt_mmdet_tensors, mmdet_layout_hints, mmdet_map
 from src.convert.names import BACKBONE_MAPS, BN_LEAF_RENAME, NameMap, m2det_release_map
 from src.convert.torch_io import ConversionError, load_torch_state_dict
-from src.utils.io import temp_path_for
+from src.training.checkpoint import write_checkpoint
 
 log = logging.getLogger("m2det.convert")
 
@@ -157,22 +157,12 @@ def _shared_prefix(name: str, name_map: NameMap) -> str:
 
 
 def save_params(path: str, names_in_order: list, tensors: dict) -> str:
-    """Write `tensors` as a MindSpore checkpoint, atomically (temporary file + rename)."""
+    """Write `tensors` as a MindSpore checkpoint, atomically, as training checkpoints are written."""
     import mindspore as ms
 
-    path = os.path.abspath(path)
-    if not path.endswith(".ckpt"):
-        raise ConversionError(f"output path must end with .ckpt: {path}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = temp_path_for(path, ".ckpt")     # host and pid in the name: see remove_stale_temp_files
-    try:
-        # with a CRC, as training checkpoints (src/training/checkpoint.py), so corruption is detected on reading
-        ms.save_checkpoint([{"name": n, "data": ms.Tensor(tensors[n])} for n in names_in_order], tmp, crc_check=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    if not os.path.abspath(path).endswith(".ckpt"):
+        raise ConversionError(f"output path must end with .ckpt: {os.path.abspath(path)}")
+    return write_checkpoint(path, [{"name": n, "data": ms.Tensor(tensors[n])} for n in names_in_order])
 
 
 def _convert_into(cell, pth_path: str, name_map: NameMap, out: str, target: str, strict_layers: bool = False,

@@ -81,14 +81,20 @@ def save_checkpoint(path: str, detector: nn.Cell, optimizer: nn.Optimizer | None
     `ema` (a ModelEMA): save its averages under the detector's names and the weights under
     `raw.<name>`. `extra`: further cells whose parameters are saved as named (loss scale).
     """
+    return write_checkpoint(path, _entries(detector, optimizer, ema, extra), meta)
+
+
+def write_checkpoint(path: str, entries: list[dict], meta: dict | None = None) -> str:
+    """Write MindSpore checkpoint entries ([{"name", "data"}]) and `meta` to `path` atomically
+    (a temporary file beside it, then a rename), with a CRC so that corruption is detected on
+    reading. Training checkpoints and convert.py's outputs are both written here."""
     path = os.path.abspath(path)
     if not path.endswith(".ckpt"):
         raise ValueError(f"checkpoint path must end with .ckpt: {path}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = temp_path_for(path, ".ckpt")     # MindSpore appends .ckpt to any other name
     try:
-        ms.save_checkpoint(_entries(detector, optimizer, ema, extra), tmp, append_dict=dict(meta) or None,
-                           crc_check=True)
+        ms.save_checkpoint(entries, tmp, append_dict=dict(meta) if meta else None, crc_check=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
