@@ -5,6 +5,8 @@
                         in with `pytestmark = pytest.mark.usefixtures("pynative")`.
     tiny_checkpoint     (cfg, detector in inference mode, checkpoint path) of tests/configs/tiny.yaml
                         with seeded random weights; `make_tiny_checkpoint` for another seed or config
+    synthetic_16        session scope: a synthetic COCO-format set (16 train, 2 val images, seed 0)
+                        for the tests that train a few steps in a subprocess (read-only)
 
 Markers: `slow` (registered in pyproject.toml) for tests that build, install or train for more
 than about a minute.
@@ -16,6 +18,7 @@ import pytest
 
 from src.builder import build_detector
 from src.config import load_config
+from src.data.synthetic import make_synthetic_coco
 from src.training.checkpoint import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +45,10 @@ def make_tiny_checkpoint(folder, seed: int, config: str = TINY, name: str = "tin
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def synthetic_16(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic_16")
+    make_synthetic_coco(str(out), num_train=16, num_val=2, seed=0)
+    return str(out)

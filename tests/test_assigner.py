@@ -177,3 +177,20 @@ def test_force_all_ties_matches_mmdetection_loop():
         iou = (rng.integers(0, 8, (g, p)) / 8.0).astype(np.float32)
         got = MaxIoUAssigner(0.5, 0.4, force_all_ties=True).assign_from_iou(iou).gt_index
         np.testing.assert_array_equal(got, _mmdet_loop(iou, 0.5, 0.4))
+
+
+def test_both_assigners_return_one_assignment_type():
+    """Max-IoU and ATSS results share the Assignment masks (heads/assigners/assignment.py)."""
+    from heads.assigners import ATSSAssigner
+    from heads.assigners.assignment import Assignment
+
+    gt = np.array([[10.0, 10.0, 50.0, 50.0]])
+    anchors = np.array([[10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0], [12.0, 12.0, 48.0, 48.0]])
+    max_iou = MaxIoUAssigner(pos_threshold=0.5, neg_threshold=0.4).assign(gt, anchors)
+    atss = ATSSAssigner(topk=3).assign(anchors, [3], gt, np.array([2]))
+    for result in (max_iou, atss):
+        assert isinstance(result, Assignment)
+        np.testing.assert_array_equal(result.pos_mask, result.gt_index >= 0)
+        np.testing.assert_array_equal(result.neg_mask, result.gt_index == -1)
+        assert result.num_pos == int((result.gt_index >= 0).sum())
+    np.testing.assert_array_equal(max_iou.gt_index, [0, -1, 0])

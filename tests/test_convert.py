@@ -18,6 +18,7 @@ from src.convert import ConversionError, convert_state_dict
 from src.convert.names import m2det_release_map
 from src.training.checkpoint import load_backbone_weights, load_detector_weights, read_checkpoint
 from tests.reference import torch_m2det as ref
+from tests.reference.compare import assert_close as close, assert_same_forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LITE = os.path.join(ROOT, "tests", "configs", "lite256.yaml")
@@ -49,13 +50,6 @@ def randomize_torch(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def close(ours, theirs, tol=1e-4):
-    ours = ours.asnumpy() if isinstance(ours, ms.Tensor) else np.asarray(ours)
-    theirs = theirs.detach().numpy()
-    assert ours.shape == theirs.shape
-    scale = max(1.0, float(np.abs(theirs).max()))
-    err = float(np.abs(ours - theirs).max())
-    assert err <= tol * scale, f"max abs diff {err} (scale {scale})"
 
 
 def expected_name(key: str, state: dict, shared_leach: bool = True) -> str:
@@ -161,11 +155,7 @@ def test_lite_release_checkpoint(tmp_path):
 
     ours.set_train(False)
     x = np.random.default_rng(3).uniform(-120, 120, (1, 3, 256, 256)).astype(np.float32)
-    with torch.no_grad():
-        loc_t, conf_t = theirs(torch.from_numpy(x))
-    loc, conf = ours(ms.Tensor(x))
-    close(loc, loc_t)
-    close(conf, conf_t)
+    assert_same_forward(ours, theirs, x)
 
 
 def test_release_resnet_sfam_per_level_leach(tmp_path, capsys):
@@ -199,11 +189,7 @@ priors:
     check_every_tensor(params, state, shared_leach=False, network=ours)
     ours.set_train(False)
     x = np.random.default_rng(5).uniform(-120, 120, (1, 3, 128, 128)).astype(np.float32)
-    with torch.no_grad():
-        loc_t, conf_t = theirs(torch.from_numpy(x))
-    loc, conf = ours(ms.Tensor(x))
-    close(loc, loc_t)
-    close(conf, conf_t)
+    assert_same_forward(ours, theirs, x)
 
 
 def _numpy_state(model):
@@ -304,9 +290,5 @@ def test_m2det320_vgg_release_checkpoint(tmp_path, detector320):
     del params
     ours.set_train(False)
     x = np.random.default_rng(7).uniform(-120, 120, (1, 3, 320, 320)).astype(np.float32)
-    with torch.no_grad():
-        loc_t, conf_t = theirs(torch.from_numpy(x))
-    loc, conf = ours(ms.Tensor(x))
+    loc, conf = assert_same_forward(ours, theirs, x)
     assert loc.shape == (1, 12_810, 4) and conf.shape == (1, 12_810, 81)
-    close(loc, loc_t)
-    close(conf, conf_t)

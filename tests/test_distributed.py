@@ -113,12 +113,8 @@ def clean(text):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from src.data.synthetic import make_synthetic_coco
-
-    out = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_coco(str(out), num_train=16, num_val=2, seed=0)
-    return str(out)
+def data_dir(synthetic_16):
+    return synthetic_16
 
 
 # ---------------------------------------------------------------- tests

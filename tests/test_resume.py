@@ -76,12 +76,8 @@ def assert_same_state(a_path, b_path):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from src.data.synthetic import make_synthetic_coco
-
-    out = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_coco(str(out), num_train=16, num_val=2, seed=0)
-    return str(out)
+def data_dir(synthetic_16):
+    return synthetic_16
 
 
 @pytest.fixture(scope="module")

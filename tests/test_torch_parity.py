@@ -20,6 +20,7 @@ from src.summary import count_flops
 from src.config import load_config
 from src.builder import build_detector
 from tests.reference import torch_m2det as ref
+from tests.reference.compare import assert_close as close, assert_same_forward
 
 BN_SUFFIX = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
@@ -92,13 +93,6 @@ def randomize(cell: msnn.Cell, seed: int = 0) -> None:
         p.set_data(ms.Tensor(value.astype(np.float32)))
 
 
-def close(ours, theirs, tol=1e-4):
-    ours = ours.asnumpy() if isinstance(ours, ms.Tensor) else ours
-    theirs = theirs.detach().numpy()
-    assert ours.shape == theirs.shape
-    scale = max(1.0, float(np.abs(theirs).max()))
-    err = float(np.abs(ours - theirs).max())
-    assert err <= tol * scale, f"max abs diff {err} (scale {scale})"
 
 
 @pytest.fixture(autouse=True)
@@ -161,11 +155,7 @@ def test_lite_network_inference():
     theirs = lite_reference("test").eval()
     copy_to_torch(ours, theirs)
     x = np.random.default_rng(3).uniform(-120, 120, (2, 3, 256, 256)).astype(np.float32)
-    with torch.no_grad():
-        loc_t, conf_t = theirs(torch.from_numpy(x))
-    loc, conf = ours(ms.Tensor(x))
-    close(loc, loc_t)
-    close(conf, conf_t)
+    assert_same_forward(ours, theirs, x)
 
 
 def check_training_step(ours, theirs, x, shared_leach=True):
@@ -210,11 +200,7 @@ def test_resnet_sfam_per_level_network():
                                 phase="test").eval()
     copy_to_torch(ours, theirs, shared_leach=False)
     x = np.random.default_rng(5).uniform(-120, 120, (2, 3, 128, 128)).astype(np.float32)
-    with torch.no_grad():
-        loc_t, conf_t = theirs(torch.from_numpy(x))
-    loc, conf = ours(ms.Tensor(x))
-    close(loc, loc_t)
-    close(conf, conf_t)
+    assert_same_forward(ours, theirs, x)
     check_training_step(ours, theirs, x, shared_leach=False)
 
 

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from heads.assigners.assignment import Assignment
 from heads.box_ops import box_area
 from heads.labels import BACKGROUND
 
@@ -35,26 +36,16 @@ CENTRE_MARGIN = 0.01
 
 
 @dataclass
-class ATSSAssignResult:
-    """Per-anchor assignment.
+class ATSSAssignResult(Assignment):
+    """Per-anchor assignment (gt_index: the assigned GT for positives, BACKGROUND otherwise).
 
-    gt_index: (N,) int64, the assigned GT for positives, BACKGROUND (-1) otherwise.
     labels:   (N,) int64, the assigned GT's label, BACKGROUND (-1) otherwise (the sigmoid
               losses treat any label outside [0, C) as background).
     iou:      (N,) float32, IoU of the anchor with its assigned GT (0 for background).
     """
 
-    gt_index: np.ndarray
     labels: np.ndarray
     iou: np.ndarray
-
-    @property
-    def pos_mask(self) -> np.ndarray:
-        return self.gt_index >= 0
-
-    @property
-    def num_pos(self) -> int:
-        return int(np.count_nonzero(self.gt_index >= 0))
 
 
 def box_centres(boxes: np.ndarray) -> np.ndarray:

@@ -26,32 +26,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heads.assigners.assignment import Assignment
 from heads.box_ops import pairwise_iou
 from heads.labels import BACKGROUND, IGNORE
 
 
 @dataclass
-class AssignResult:
-    """Per-prior assignment.
+class AssignResult(Assignment):
+    """Per-prior assignment (gt_index: the matched GT for positives, BACKGROUND (-1) or IGNORE (-2)).
 
-    gt_index: (P,) int64, the matched GT index for positives, BACKGROUND (-1) or IGNORE (-2).
     max_iou:  (P,) float, each prior's best IoU with any GT (before forcing; 0 with no GT).
     """
 
-    gt_index: np.ndarray
     max_iou: np.ndarray
-
-    @property
-    def pos_mask(self) -> np.ndarray:
-        return self.gt_index >= 0
-
-    @property
-    def neg_mask(self) -> np.ndarray:
-        return self.gt_index == BACKGROUND
-
-    @property
-    def num_pos(self) -> int:
-        return int(np.count_nonzero(self.gt_index >= 0))
 
 
 class MaxIoUAssigner:
