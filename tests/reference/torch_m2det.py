@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# the release's ResNet bottleneck is torchvision's, which the FPN reference also uses (groups 1, width 64)
-from tests.reference.torch_fpn import Bottleneck
+# the release's ResNet is torchvision's, which the FPN reference also builds (groups 1, width 64)
+from tests.reference.torch_fpn import ResNet
 
 
 class BasicConv(nn.Module):
@@ -59,36 +59,18 @@ def vgg_reduced(width: float = 1.0) -> nn.ModuleList:
     return nn.ModuleList(layers)
 
 
-class ResNetBase(nn.Module):
-    """torchvision-named ResNet; `with_fc` adds the (unused) 1000-way fc the reference carries."""
+class ResNetBase(ResNet):
+    """torchvision-named ResNet (the FPN reference's trunk); `with_fc` adds the (unused) 1000-way
+    fc the release carries, and the default outputs are the release's C3 and C5."""
 
     def __init__(self, depth=101, layer_strides=(1, 2, 1, 2), width=1.0, with_fc=False):
-        super().__init__()
-        blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
-        stem = _scaled(64, width)
-        self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
-        self.relu = nn.ReLU(inplace=False)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = stem
-        for i, (n, s) in enumerate(zip(blocks, layer_strides)):
-            planes = _scaled(64 * 2 ** i, width)
-            layer = [Bottleneck(inplanes, planes, s)]
-            inplanes = planes * 4
-            layer += [Bottleneck(inplanes, planes) for _ in range(n - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+        super().__init__(depth, layer_strides, width)
         if with_fc:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(inplanes, 1000)
+            self.fc = nn.Linear(self.layer4[-1].conv3.out_channels, 1000)
 
     def forward(self, x, out_layers=(2, 4)):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-            if i in out_layers:
-                outs.append(x)
-        return outs
+        return super().forward(x, out_layers)
 
 
 class TUM(nn.Module):
