@@ -70,8 +70,6 @@ def build_reader(settings: ReaderSettings) -> CocoDetection:
     Its categories must be the model's classes (model.num_classes - 1): checked here, before
     any network is compiled.
     """
-    if settings.split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got '{settings.split}'")
     reader = CocoDetection(settings.ann_file, settings.image_dir, min_box_size=float(settings.min_box_size),
                            pixel_offset=bool(settings.pixel_offset))
     check_num_classes(reader.num_classes, settings.num_classes, settings.ann_file)
