@@ -10,6 +10,8 @@ from heads.priors import SSDPriors
 from src.builder import eval_data_settings, train_data_settings
 from src.config import CONFIG_DIR, load_config
 from src.data.pipeline import EpochSampler, create_test_dataset, create_train_dataset
+from src.data import resize          # (its TestInput, imported by name, would look like a test class)
+from src.data.settings import Augmentation, EvalDataSettings, ReaderSettings, TrainDataSettings
 from src.data.synthetic import make_synthetic_coco
 from src.data.transforms import preprocess_for_test
 
@@ -41,6 +43,28 @@ def assert_same(a, b):
     for row_a, row_b in zip(a, b):
         for x, y in zip(row_a, row_b):
             np.testing.assert_array_equal(x, y)
+
+
+def test_data_settings_are_read_from_the_config_once(root):
+    cfg = config(root, "data.std=[2, 3, 4]", "data.rgb=true", "data.augment=false", "data.expand_prob=0.3",
+                 "data.expand_max_ratio=2.5", "data.crop_require_all=false", "data.match_threshold=0.4",
+                 "data.min_box_size=2.0", "data.pixel_offset=false", "priors.variance=[0.2, 0.3]", "train.seed=9",
+                 "data.num_workers=3", "data.train_sizes=[48, 64]")
+    policy = resize.InputPolicy(mode="square", test_size=SIZE, train_sizes=(48, 64))
+
+    def reader(split):
+        return ReaderSettings(split, os.path.join(root, "annotations", f"instances_{split}.json"),
+                              os.path.join(root, split), num_classes=cfg.model.num_classes, min_box_size=2.0,
+                              pixel_offset=False)
+
+    assert train_data_settings(cfg) == TrainDataSettings(
+        reader("train"), policy, mean=(104.0, 117.0, 123.0), std=(2.0, 3.0, 4.0), rgb=True,
+        augmentation=Augmentation(enabled=False, expand_prob=0.3, expand_max_ratio=2.5, crop_require_all=False),
+        match_threshold=0.4, variance=(0.2, 0.3), seed=9, num_workers=3)
+    assert eval_data_settings(cfg, "val") == EvalDataSettings(
+        reader("val"), resize.TestInput(policy, (104.0, 117.0, 123.0), (2.0, 3.0, 4.0), rgb=True), num_workers=3)
+    with pytest.raises(ValueError, match="split must be 'train' or 'val', got 'test'"):
+        eval_data_settings(cfg, "test")
 
 
 def test_train_batches(root):
