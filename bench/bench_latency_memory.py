@@ -82,16 +82,15 @@ def worker_infer(cfg, reps: int) -> dict:
     import mindspore as ms
 
     from bench import harness as H
-    from src.builder import build_detector, build_postprocessor
-    from src.data.resize import TestInput
+    from src.builder import build_detector, build_postprocessor, build_test_input, inference_options
     from src.inference.fast_network import inference_network
 
     import_rss = current_rss_mib()
     ms.set_seed(0)
     detector = build_detector(cfg)
     H.randomize_batchnorm(detector)
-    detector = inference_network(detector, cfg.test, "CPU")
-    test_input = TestInput.from_config(cfg)          # the evaluation / inference path (src/inference)
+    detector = inference_network(detector, **inference_options(cfg), device_target="CPU")
+    test_input = build_test_input(cfg)               # the evaluation / inference path (src/inference)
     postprocessor = build_postprocessor(cfg)
     image = test_image()
     height, width = image.shape[:2]
@@ -235,7 +234,7 @@ def eval_split(config: str, checkpoint: str, data_dir: str, overrides, threads: 
     import mindspore as ms
 
     from bench import harness as H
-    from src.builder import build_detector, build_priors
+    from src.builder import build_detector, build_postprocessor, eval_data_settings, inference_options
     from src.config import load_config
     from src.evaluation.evaluator import evaluate
     from src.inference.fast_network import inference_network
@@ -246,9 +245,9 @@ def eval_split(config: str, checkpoint: str, data_dir: str, overrides, threads: 
     cfg = load_config(config, list(overrides) + [f"data.root={data_dir}"])
     detector = build_detector(cfg)
     load_detector_weights(detector, read_checkpoint(checkpoint), checkpoint)
-    detector = inference_network(detector, cfg.test, "CPU")         # what eval.py runs
+    detector = inference_network(detector, **inference_options(cfg), device_target="CPU")   # what eval.py runs
     start = time.perf_counter()
-    metrics = evaluate(cfg, detector, build_priors(cfg))
+    metrics = evaluate(detector, eval_data_settings(cfg, "val"), build_postprocessor(cfg))
     wall = time.perf_counter() - start
     net, post = metrics["network_ms_per_image"], metrics["postprocess_ms_per_image"]
     return {"config": cfg.config_name, "images": metrics["num_images"], "AP": metrics["AP"],

@@ -201,7 +201,7 @@ def folded_copy(detector):
     """An inference copy of `detector` with every conv -> BatchNorm pair folded (src/export/fold_bn.py)."""
     from src.inference.fast_network import inference_network
 
-    return inference_network(detector, {"fold_bn": True, "winograd": False}, "CPU")
+    return inference_network(detector, fold_bn=True, use_winograd=False, device_target="CPU")
 
 
 def winograd_copy(detector, min_channels: int = 128):

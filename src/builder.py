@@ -5,6 +5,9 @@
     priors = build_priors(cfg)          # SSDPriors matching the detector's maps
                                         # (dense heads: the AnchorLayout the data pipeline assigns on)
     decoder = build_output_decoder(cfg, priors)   # one image's inference outputs -> boxes, scores
+    postprocessor = build_postprocessor(cfg, priors)  # decoder + InputPolicy + DetectionSettings
+    train_data = train_data_settings(cfg)             # what src/data/pipeline.py builds datasets from
+    val_data = eval_data_settings(cfg, "val")         # (with build_test_input(cfg), a TestInput)
 
     model.backbone.name  vgg16 | resnet50 | resnet101 | resnext101_32x4d | resnext101_64x4d
     model.neck.name      mlfpn (M2Det) | fpn (P3-P7 on ResNet C3-C5, stride-32 layout)
@@ -17,9 +20,14 @@ Every dense head runs on either neck: on MLFPN its anchor strides are the SSD pr
 
 Every build first runs `check_config`, so a config whose parts disagree fails with a
 ValueError naming the disagreeing values instead of a shape error deep in a graph.
+
+The config is read here (and by the programs on top: the trainer, src/cli/, the model-file
+loaders); the data pipeline, evaluation, post-processing, the hooks and the predictor receive
+the objects built here and never see it.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from heads.anchors import AnchorGenerator
@@ -36,7 +44,8 @@ from m2det.layers import conv_output_size, to_pair
 from m2det.necks import MLFPN
 from m2det.necks.fpn import FPN
 from src.data.dense_targets import AnchorLayout
-from src.data.resize import InputPolicy
+from src.data.resize import InputPolicy, TestInput
+from src.data.settings import Augmentation, EvalDataSettings, ReaderSettings, TrainDataSettings
 from src.postprocess import DenseOutputDecoder, DetectionSettings, Postprocessor, SSDOutputDecoder
 
 # M2Det reads the shallow feature at stride 8 and the deep one at stride 16 (REFERENCE 1.1, 1.2)
@@ -195,8 +204,68 @@ def anchor_generator(cfg) -> AnchorGenerator:
     return DENSE_HEAD_CLASSES[cfg.model.head.name].anchor_generator(head_strides(cfg))
 
 
-def input_policy(cfg):
-    return InputPolicy.from_config(cfg)
+def input_policy(cfg) -> InputPolicy:
+    """How images become network inputs: `data.resize_mode` at `model.input_size` (src/data/resize.py)."""
+    data = cfg.data
+    return InputPolicy(mode=str(data.get("resize_mode", "square")), test_size=int(cfg.model.input_size),
+                       train_sizes=tuple(int(s) for s in (data.get("train_sizes") or ())),
+                       max_size=int(data.get("max_size", 1333)), size_divisor=int(data.get("size_divisor", 32)))
+
+
+def _std(data) -> tuple | None:
+    std = data.get("std")
+    return None if not std else tuple(float(v) for v in std)
+
+
+def build_test_input(cfg) -> TestInput:
+    """The test-time image -> network input of every inference path (src/data/resize.py)."""
+    data = cfg.data
+    return TestInput(input_policy(cfg), tuple(float(v) for v in data.mean), _std(data), bool(data.get("rgb", False)))
+
+
+def detection_settings(cfg) -> DetectionSettings:
+    """The `test:` thresholds, NMS and caps, and the box convention `data.pixel_offset` (src/postprocess.py)."""
+    test = cfg.test
+    return DetectionSettings(float(test.score_threshold), str(test.nms_method), float(test.nms_threshold),
+                             float(test.soft_sigma), float(test.soft_min_score), test.keep_per_class,
+                             test.max_per_image, bool(cfg.data.pixel_offset))
+
+
+def inference_options(cfg) -> dict:
+    """The keyword arguments of src.inference.fast_network.inference_network: `test.fold_bn`, `test.winograd`."""
+    return {"fold_bn": bool(cfg.test.get("fold_bn", False)), "use_winograd": bool(cfg.test.get("winograd", False))}
+
+
+def reader_settings(cfg, split: str = "train") -> ReaderSettings:
+    """The COCO reader of `split` ('train' or 'val'): data.root + the split's relative paths."""
+    data = cfg.data
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got '{split}'")
+    return ReaderSettings(split=split, ann_file=os.path.join(data.root, data[f"{split}_ann"]),
+                          image_dir=os.path.join(data.root, data[f"{split}_images"]),
+                          num_classes=cfg.model.num_classes, min_box_size=float(data.get("min_box_size", 1.0)),
+                          pixel_offset=bool(data.get("pixel_offset", False)))
+
+
+def train_data_settings(cfg) -> TrainDataSettings:
+    """What the training pipeline is made of (src/data/settings.py), from `data:`, `train.seed`
+    and `priors.variance`."""
+    data = cfg.data
+    augmentation = Augmentation(enabled=bool(data.augment), expand_prob=float(data.get("expand_prob", 0.6)),
+                                expand_max_ratio=float(data.get("expand_max_ratio", 4.0)),
+                                crop_require_all=bool(data.get("crop_require_all", True)))
+    return TrainDataSettings(reader=reader_settings(cfg, "train"), policy=input_policy(cfg),
+                             mean=tuple(float(v) for v in data.mean), std=_std(data),
+                             rgb=bool(data.get("rgb", False)), augmentation=augmentation,
+                             match_threshold=float(data.match_threshold),
+                             variance=tuple(float(v) for v in cfg.priors.variance), seed=int(cfg.train.seed),
+                             num_workers=int(data.num_workers))
+
+
+def eval_data_settings(cfg, split: str = "val") -> EvalDataSettings:
+    """What an evaluation pipeline of `split` is made of: its reader, `build_test_input(cfg)` and workers."""
+    return EvalDataSettings(reader=reader_settings(cfg, split), test_input=build_test_input(cfg),
+                            num_workers=int(cfg.data.num_workers))
 
 
 def build_priors(cfg):
@@ -282,5 +351,4 @@ def build_output_decoder(cfg, priors=None):
 def build_postprocessor(cfg, priors=None, clip: bool | None = None) -> Postprocessor:
     """Network outputs of one image -> its detections in image pixels: the output decoder, the
     input policy and the detection settings, read from `cfg` once (src/postprocess.py)."""
-    return Postprocessor(build_output_decoder(cfg, priors), input_policy(cfg), DetectionSettings.from_config(cfg),
-                         clip=clip)
+    return Postprocessor(build_output_decoder(cfg, priors), input_policy(cfg), detection_settings(cfg), clip=clip)

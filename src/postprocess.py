@@ -236,8 +236,8 @@ class DenseOutputDecoder:
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    """The keyword arguments of `detect`, read once from the config: its `test:` section and the
-    box convention `data.pixel_offset` (the NMS IoU)."""
+    """The keyword arguments of `detect`, read once from the config (src.builder.detection_settings:
+    its `test:` section and the box convention `data.pixel_offset`, the NMS IoU)."""
 
     score_threshold: float = 0.1
     nms_method: str = "linear"
@@ -247,13 +247,6 @@ class DetectionSettings:
     keep_per_class: Optional[int] = 50
     max_per_image: Optional[int] = 100
     pixel_offset: bool = True
-
-    @classmethod
-    def from_config(cls, cfg) -> "DetectionSettings":
-        test = cfg.test
-        return cls(float(test.score_threshold), str(test.nms_method), float(test.nms_threshold),
-                   float(test.soft_sigma), float(test.soft_min_score), test.keep_per_class, test.max_per_image,
-                   bool(cfg.data.pixel_offset))
 
     def as_kwargs(self) -> dict:
         return asdict(self)

@@ -15,14 +15,15 @@ from mindspore import nn
 import eval as eval_cli
 import export as export_cli
 import train as train_cli
-from src.builder import build_detector, build_priors
+from src.builder import build_detector, build_postprocessor, build_priors, eval_data_settings, reader_settings
 from src.config import ConfigError, load_config
 from src.data.coco import CocoDetection, CocoFormatError
-from src.data.pipeline import build_reader
+from src.data.pipeline import build_reader, check_readable
 from src.data.synthetic import make_synthetic_coco
 from src.evaluation.coco_eval import evaluate_coco
 from src.evaluation.evaluator import evaluate
-from src.inference import Predictor, PredictorError
+from src.inference import PredictorError
+from src.inference.model_files import predictor_from_mindir
 from src.training.checkpoint import CheckpointManager, save_checkpoint
 from src.device import DeviceUnavailable, set_context
 from src.training.trainer import TrainOptions, train
@@ -102,7 +103,7 @@ def test_zero_byte_and_missing_images_are_skipped_with_their_reason(data_dir, tm
 def test_categories_must_match_num_classes(data_dir, num_classes):
     cfg = load_config(TINY, [f"data.root={data_dir}", f"model.num_classes={num_classes}"])
     with pytest.raises(ValueError) as info:
-        build_reader(cfg, "val")
+        build_reader(reader_settings(cfg, "val"))
     message = str(info.value)
     assert "instances_val.json has 5 categories" in message
     assert "model.num_classes must be 6 (5 categories + background)" in message
@@ -157,12 +158,12 @@ def tiny_detector():
 def test_evaluation_leaves_unread_images_out(data_dir, tiny_detector, tmp_path):
     root = copy_data(data_dir, tmp_path)
     cfg = load_config(TINY, [f"data.root={root}", "data.num_workers=1", "test.score_threshold=0.0"])
-    reader = build_reader(cfg, "val")
+    reader = build_reader(reader_settings(cfg, "val"))
     zero_id, missing_id = reader.image_ids[0], reader.image_ids[3]
     open(reader.image_path(0), "wb").close()
     os.remove(reader.image_path(3))
 
-    metrics = evaluate(cfg, tiny_detector, build_priors(cfg), out_dir=str(tmp_path / "eval"))
+    metrics = evaluate(tiny_detector, eval_data_settings(cfg), build_postprocessor(cfg), out_dir=str(tmp_path / "eval"))
     assert metrics["num_images"] == 3
     assert metrics["skipped_images"] == 2 and metrics["skipped_image_ids"] == sorted([zero_id, missing_id])
     with open(metrics["results_json"]) as f:
@@ -182,13 +183,13 @@ def test_evaluation_with_no_readable_image_is_an_error(data_dir, tiny_detector, 
         open(root / "val" / name, "wb").close()
     cfg = load_config(TINY, [f"data.root={root}", "data.num_workers=1"])
     with pytest.raises(ValueError, match="no image of the val split .* could be read: 5 unreadable"):
-        evaluate(cfg, tiny_detector, build_priors(cfg))
+        evaluate(tiny_detector, eval_data_settings(cfg), build_postprocessor(cfg))
 
 
 def test_training_reports_skipped_images_after_the_only_epoch(data_dir, tmp_path, caplog):
     root = copy_data(data_dir, tmp_path)
     cfg = load_config(TINY, [f"data.root={root}", "data.num_workers=1", "train.epochs=1", "train.winograd=false"])
-    reader = build_reader(cfg, "train")
+    reader = build_reader(reader_settings(cfg, "train"))
     open(reader.image_path(2), "wb").close()
     os.remove(reader.image_path(5))
     with caplog.at_level(logging.WARNING, logger="m2det.train"):
@@ -198,6 +199,33 @@ def test_training_reports_skipped_images_after_the_only_epoch(data_dir, tmp_path
     assert len(reports) == 1
     assert "2 unreadable image(s)" in reports[0] and "1 missing, 1 zero-byte" in reports[0]
     assert reader.file_names[2] in reports[0] and reader.file_names[5] in reports[0]
+
+
+def test_training_without_a_readable_image_is_a_clear_error(data_dir, tmp_path, capsys):
+    """Every training image zero-byte or corrupt: refused before the first batch, naming the folder
+    and the count (the data worker used to die with a MindSpore pipeline traceback)."""
+    root = copy_data(data_dir, tmp_path)
+    for k, name in enumerate(sorted(os.listdir(root / "train"))):
+        with open(root / "train" / name, "wb") as f:
+            f.write(b"" if k % 2 else b"not an image")
+    out = tmp_path / "run"
+    code = train_cli.main(["--config", TINY, "--data_dir", str(root), "--output_dir", str(out), "--mode", "pynative",
+                           "--epochs", "1", "--set", "data.num_workers=1", "train.winograd=false"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "none of the 8 images of the train split can be read" in err
+    assert f"8 unreadable image(s) in {root / 'train'}" in err and "4 zero-byte, 4 undecodable" in err
+    assert os.listdir(out) == []                   # no log, config or checkpoint written
+
+
+def test_readability_check_stops_at_the_first_readable_image(data_dir, tmp_path):
+    root = copy_data(data_dir, tmp_path)
+    reader = build_reader(reader_settings(load_config(TINY, [f"data.root={root}"]), "train"))
+    open(reader.image_path(0), "wb").close()
+    open(reader.image_path(1), "wb").close()
+    os.remove(reader.image_path(4))                # after the first readable image: not looked at
+    check_readable(reader, "train")
+    assert reader.skipped.indices().tolist() == [0, 1]
 
 
 # ---------------------------------------------------------------------- configs and command lines
@@ -271,7 +299,7 @@ def test_mindir_of_another_config_is_refused_naming_both(tmp_path):
     tiny_priors = int(np.asarray(build_priors(tiny).boxes()).shape[0])
     assert tiny_priors != priors
     with pytest.raises(PredictorError) as info:
-        Predictor.from_mindir(tiny, str(mindir))
+        predictor_from_mindir(tiny, str(mindir))
     message = str(info.value)
     assert "exported with config tests/configs/lite256.yaml" in message and "config tiny" in message
     assert f"{priors} priors vs {tiny_priors}" in message

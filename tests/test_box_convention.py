@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
+from src.builder import detection_settings, reader_settings
 from src.config import CONFIG_DIR, load_config
 from src.data.coco import CocoDetection
 from src.data.pipeline import build_reader
 from src.evaluation.coco_eval import detections_to_coco
-from src.postprocess import DetectionSettings
 from src.postprocess import detect
 
 M2DET_REFERENCE = ["m2det320_vgg", "m2det512_vgg", "m2det800_vgg", "m2det320_resnet101", "m2det512_resnet101"]
@@ -32,7 +32,7 @@ def cfg_of(name, *overrides):
 def test_m2det_reference_configs_keep_what_the_release_keeps(name):
     cfg = cfg_of(name)
     assert cfg.data.pixel_offset is True
-    kwargs = DetectionSettings.from_config(cfg).as_kwargs()
+    kwargs = detection_settings(cfg).as_kwargs()
     assert kwargs["pixel_offset"] is True
     assert kwargs["keep_per_class"] == 50 and kwargs["max_per_image"] == 0   # the release's topk=0
     assert (kwargs["score_threshold"], kwargs["nms_method"], kwargs["nms_threshold"]) == (0.1, "linear", 0.3)
@@ -40,13 +40,13 @@ def test_m2det_reference_configs_keep_what_the_release_keeps(name):
 
 @pytest.mark.parametrize("name", MMDET_STYLE)
 def test_mmdetection_style_configs_keep_mmdetection_settings(name):
-    kwargs = DetectionSettings.from_config(cfg_of(name)).as_kwargs()
+    kwargs = detection_settings(cfg_of(name)).as_kwargs()
     assert kwargs["pixel_offset"] is False
     assert kwargs["max_per_image"] == 100 and kwargs["keep_per_class"] == 0
 
 
 def test_m2det_lite_is_continuous_and_capped():
-    kwargs = DetectionSettings.from_config(cfg_of("m2det_lite")).as_kwargs()
+    kwargs = detection_settings(cfg_of("m2det_lite")).as_kwargs()
     assert kwargs["pixel_offset"] is False and kwargs["max_per_image"] == 100
 
 
@@ -56,7 +56,7 @@ def test_no_cap_keeps_fifty_per_class_beyond_a_hundred():
     boxes = np.concatenate([xy, xy, xy + 10, xy + 10], axis=1)
     scores = np.zeros((60, 4), np.float32)
     scores[:, 1:] = np.linspace(0.9, 0.2, 60, dtype=np.float32)[:, None]
-    kwargs = DetectionSettings.from_config(cfg_of("m2det512_vgg")).as_kwargs()
+    kwargs = detection_settings(cfg_of("m2det512_vgg")).as_kwargs()
     out = detect(boxes, scores, **kwargs)
     assert len(out.scores) == 150 and np.bincount(out.labels).tolist() == [50, 50, 50]
     assert len(detect(boxes, scores, **dict(kwargs, max_per_image=100)).scores) == 100
@@ -99,8 +99,8 @@ def test_switch_reaches_reader_nms_and_results(tmp_path):
     for name, on in (("m2det512_vgg", True), ("atss_r50_fpn_1x", False)):
         cfg = cfg_of(name, f"data.root={tmp_path}", "data.train_ann=ann.json", "data.train_images=images",
                      "model.num_classes=2")
-        reader = build_reader(cfg, "train")
-        assert reader.pixel_offset is on and DetectionSettings.from_config(cfg).as_kwargs()["pixel_offset"] is on
+        reader = build_reader(reader_settings(cfg, "train"))
+        assert reader.pixel_offset is on and detection_settings(cfg).as_kwargs()["pixel_offset"] is on
         # reading then writing a GT box gives back its COCO bbox in either convention
         boxes = reader.annotations(0)[0][:2]
         res = detections_to_coco(1, boxes, [0.9, 0.8], [0, 0], [1], pixel_offset=on)

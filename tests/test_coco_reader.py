@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from src.builder import reader_settings
 from src.config import CONFIG_DIR, load_config
 from src.data.coco import CocoDetection, CocoFormatError, read_image
 from src.data.pipeline import build_reader
@@ -68,7 +69,7 @@ def test_layout_from_config(synthetic, tmp_path):
     shutil.copy(os.path.join(synthetic, "annotations/instances_val.json"), custom / "labels/v.json")
     cfg = load_config(os.path.join(os.path.dirname(CONFIG_DIR), "tests", "configs", "lite256.yaml"),
                       [f"data.root={custom}", "data.val_ann=labels/v.json", "data.val_images=pictures"])
-    reader = build_reader(cfg, "val")
+    reader = build_reader(reader_settings(cfg, "val"))
     assert len(reader) == 2 and reader[0] is not None
 
 

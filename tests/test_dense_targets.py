@@ -9,7 +9,7 @@ import pytest
 from heads.anchors import AnchorGenerator
 from heads.assigners.atss import ATSSAssigner
 from heads.box_ops import pairwise_iou
-from src.builder import build_priors
+from src.builder import build_priors, train_data_settings
 from src.config import load_config
 from src.data.dense_targets import AnchorLayout, DenseTargetEncoder
 from src.data.pipeline import create_train_dataset
@@ -107,7 +107,7 @@ def test_dense_train_batches(data_dir, head, assigner):
     assert priors.feature_sizes[(128, 128)] == [(16, 16), (8, 8), (4, 4), (2, 2)]    # tiny MLFPN maps
     per_cell = 9 if head == "retina" else 1
     n = (256 + 64 + 16 + 4) * per_cell
-    dataset = create_train_dataset(cfg, priors, batch_size=4, seed=0)
+    dataset = create_train_dataset(train_data_settings(cfg), priors, batch_size=4, seed=0)
     assert dataset.get_col_names() == ["image", "labels", "boxes"]
     batches = list(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert len(batches) == 2

@@ -11,7 +11,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.builder import build_detector, build_output_decoder, build_priors
+from src.builder import (build_detector, build_output_decoder, build_postprocessor, build_priors, eval_data_settings,
+                         train_data_settings)
 from src.config import load_config
 from src.data.pipeline import create_train_dataset
 from src.data.synthetic import make_synthetic_coco
@@ -51,7 +52,7 @@ def test_head_trains_and_evaluates_on_mlfpn(data_dir, head):
     cfg = tiny_cfg(data_dir, head)
     detector = build_detector(cfg)
     layout = build_priors(cfg)
-    dataset = create_train_dataset(cfg, layout, batch_size=4, num_workers=1)
+    dataset = create_train_dataset(train_data_settings(cfg), layout, batch_size=4, num_workers=1)
     images, labels, boxes = next(dataset.create_tuple_iterator(num_epochs=1))
     # the pipeline assigned against exactly the anchors the head builds in its graph
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -70,7 +71,7 @@ def test_head_trains_and_evaluates_on_mlfpn(data_dir, head):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     detector.set_train(False)
     assert isinstance(build_output_decoder(cfg, layout), DenseOutputDecoder)
-    metrics = evaluate(cfg, detector, layout)
+    metrics = evaluate(detector, eval_data_settings(cfg), build_postprocessor(cfg, layout))
     assert metrics["num_images"] == 6 and -1.0 <= metrics["AP"] <= 1.0
 
 
@@ -87,7 +88,7 @@ def test_head_on_resnet_fpn(data_dir, head, extra_convs):
     detector = build_detector(cfg)
     assert [s for _, s in detector.neck.output_levels] == [8, 16, 32, 64, 128]
     layout = build_priors(cfg)
-    dataset = create_train_dataset(cfg, layout, batch_size=2, num_workers=1)
+    dataset = create_train_dataset(train_data_settings(cfg), layout, batch_size=2, num_workers=1)
     images, labels, boxes = next(dataset.create_tuple_iterator(num_epochs=1))
     assert images.shape == (2, 3, 64, 96)
     np.testing.assert_allclose(level_anchors(detector, images.asnumpy()[:1], 5), layout.anchors((64, 96))[0],

@@ -13,13 +13,14 @@ import pytest
 
 import infer
 from heads.box_coder import SSDBoxCoder
-from src.builder import build_priors
+from src.builder import build_priors, detection_settings
 from src.config import load_config
 from src.data.transforms import preprocess_for_test
 from src.export import export_detector
 from src.inference import Predictor, detections_to_entry, load_class_names
+from src.inference.model_files import predictor_from_checkpoint, predictor_from_mindir
 from src.inference.names import NamesError
-from src.postprocess import Detections, DetectionSettings, detect, to_original_pixels
+from src.postprocess import Detections, detect, to_original_pixels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
@@ -57,7 +58,7 @@ def test_predictor_is_the_evaluation_path(model):
     """Same detections as: network -> SSD decode -> scale to the image (clipped) -> detect."""
     cfg, detector, ckpt = model
     images = [picture(80, 100, 0), picture(120, 64, 1), picture(50, 50, 2)]
-    predictor = Predictor.from_checkpoint(cfg, ckpt, batch_size=2)
+    predictor = predictor_from_checkpoint(cfg, ckpt, batch_size=2)
     got = predictor.predict(images)
     one_by_one = Predictor(predictor.network, predictor.preprocess, predictor.postprocessor, batch_size=1).predict(images)
     priors = build_priors(cfg).boxes()
@@ -69,7 +70,7 @@ def test_predictor_is_the_evaluation_path(model):
         boxes = coder.decode(loc, priors) * np.array([w, h, w, h], np.float32)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
-        expected = detect(boxes, scores, **DetectionSettings.from_config(cfg).as_kwargs())
+        expected = detect(boxes, scores, **detection_settings(cfg).as_kwargs())
         assert len(dets.scores) > 0
         for a, b, c in zip(expected, dets, single):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
@@ -93,9 +94,9 @@ def test_mindir_predictor_decodes_like_the_checkpoint(model, mindir):
     Compared before NMS: soft-NMS on random scores has near-ties that float rounding may order
     either way, which says nothing about the backends."""
     cfg, _, ckpt = model
-    from_file = Predictor.from_mindir(cfg, mindir)
+    from_file = predictor_from_mindir(cfg, mindir)
     assert from_file.batch_size == 2 and from_file.description.startswith("MINDIR")
-    from_ckpt = Predictor.from_checkpoint(cfg, ckpt, batch_size=2)
+    from_ckpt = predictor_from_checkpoint(cfg, ckpt, batch_size=2)
     images = [picture(80, 100, 0), picture(120, 64, 1)]
     batch = np.stack([from_ckpt.preprocess(im) for im in images])
     out_ckpt, out_file = from_ckpt._run(batch), from_file._run(batch)

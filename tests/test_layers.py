@@ -86,3 +86,52 @@ def test_checker_accepts_downward_third_party_and_entry_lazy_imports():
              "def f():\n    import torch\n"
     assert layer_violations(LAYERS["src"], source, "x.py") == []
     assert layer_violations(ENTRY, "def main():\n    from src.builder import build_detector\n", "x.py") == []
+
+
+# ---------------------------------------------------------------------- the config is read at the top
+
+# Modules below the builder in the config's flow: they receive objects built from the config
+# (src/builder.py; the trainer, src/cli/ and the model-file loaders read it), never the config.
+NO_CONFIG = ("src/data/", "src/evaluation/", "src/postprocess.py", "src/training/hooks.py",
+             "src/inference/")
+READS_STORED_CONFIGS = ("src/inference/api.py", "src/inference/model_files.py")
+
+
+def _is_config_name(name: str) -> bool:
+    return name in ("cfg", "config") or name.endswith("_cfg")
+
+
+def config_parameters(source: str, path: str) -> list[str]:
+    """'path:line name(param)' for every function or method taking a parameter named like a config."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p is not None]
+            name = getattr(node, "name", "<lambda>")
+            found += [(node.lineno, f"{path}:{node.lineno} {name}({p.arg})") for p in params
+                      if _is_config_name(p.arg)]
+    return [text for _, text in sorted(found)]
+
+
+def _no_config_modules():
+    for _, path in _modules():
+        if path.startswith(NO_CONFIG) and path not in READS_STORED_CONFIGS:
+            yield path
+
+
+def test_lower_modules_take_objects_not_the_config():
+    paths = list(_no_config_modules())
+    assert "src/data/pipeline.py" in paths and "src/inference/predictor.py" in paths
+    found = []
+    for path in paths:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            found += config_parameters(f.read(), path)
+    assert not found, "these take the config; build what they need in src/builder.py instead:\n" + "\n".join(found)
+
+
+def test_config_parameter_check_finds_every_kind_of_parameter():
+    source = ("def a(cfg): pass\nclass K:\n    def b(self, x, *, test_cfg=None): pass\n"
+              "def c(config=None): pass\ndef d(settings, cfgs, config_path): pass\nf = lambda cfg: cfg\n")
+    assert config_parameters(source, "x.py") == ["x.py:1 a(cfg)", "x.py:3 b(test_cfg)", "x.py:4 c(config)",
+                                                 "x.py:6 <lambda>(cfg)"]

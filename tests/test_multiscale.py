@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from src.builder import build_priors
+from src.builder import build_priors, eval_data_settings, input_policy, train_data_settings
 from src.config import load_config
 from src.data.pipeline import EpochSampler, create_test_dataset, create_train_dataset
 from src.data.resize import InputPolicy, KeepRatioTrainTransform, keep_ratio_input
@@ -100,7 +100,8 @@ def data_dir(tmp_path_factory):
 
 
 def _batches(cfg, workers, seed=4):
-    dataset = create_train_dataset(cfg, build_priors(cfg), batch_size=3, seed=seed, num_workers=workers)
+    dataset = create_train_dataset(train_data_settings(cfg), build_priors(cfg), batch_size=3, seed=seed,
+                                   num_workers=workers)
     return [[np.copy(x) for x in row] for row in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)]
 
 
@@ -109,7 +110,7 @@ def test_multi_scale_square_pipeline(data_dir):
     layout = build_priors(cfg)
     assert sorted(layout.feature_sizes) == [(96, 96), (128, 128)]
     one = _batches(cfg, 1)
-    policy = InputPolicy.from_config(cfg)
+    policy = input_policy(cfg)
     sizes = [policy.choose_size(4, 0, b) for b in range(len(one))]
     assert len(one) == 4 and set(sizes) == {96, 128}
     for (image, labels, boxes), size in zip(one, sizes):
@@ -125,7 +126,7 @@ def test_multi_scale_square_pipeline(data_dir):
 def test_multibox_refuses_multi_scale(data_dir):
     cfg = load_config(TINY, [f"data.root={data_dir}", "data.train_sizes=[96, 128]"])
     with pytest.raises(ValueError, match="multibox head has one fixed prior set"):
-        create_train_dataset(cfg, build_priors(cfg), batch_size=3)
+        create_train_dataset(train_data_settings(cfg), build_priors(cfg), batch_size=3)
 
 
 def test_keep_ratio_fpn_pipeline(data_dir):
@@ -137,6 +138,6 @@ def test_keep_ratio_fpn_pipeline(data_dir):
     assert layout.feature_sizes[(64, 96)] == [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]   # P3-P7
     shapes = {b[0].shape[2:] for b in _batches(cfg, 1)}
     assert shapes <= {(32, 64), (64, 96)} and len(shapes) >= 1
-    test = create_test_dataset(cfg, batch_size=3)
+    test = create_test_dataset(eval_data_settings(cfg), batch_size=3)
     image, image_id, orig_hw = next(test.create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert image.shape == (3, 3, 64, 96)

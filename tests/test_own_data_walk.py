@@ -56,7 +56,7 @@ def walk(tmp_path_factory):
     base = tmp_path_factory.mktemp("walk")
     synthetic = str(base / "signs_coco")
     make_synthetic_coco(synthetic, num_train=8, num_val=4, seed=0,
-                        cfg=SyntheticConfig(kind="signs", min_side=128, max_side=192, min_size=16))
+                        spec=SyntheticConfig(kind="signs", min_side=128, max_side=192, min_size=16))
     ann_dir, img_dir = base / "voc" / "Annotations", base / "voc" / "JPEGImages"
     ann_dir.mkdir(parents=True)
     img_dir.mkdir(parents=True)

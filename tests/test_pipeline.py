@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from heads.priors import SSDPriors
+from src.builder import eval_data_settings, train_data_settings
 from src.config import CONFIG_DIR, load_config
 from src.data.pipeline import EpochSampler, create_test_dataset, create_train_dataset
+from src.data import resize          # (its TestInput, imported by name, would look like a test class)
+from src.data.settings import Augmentation, EvalDataSettings, ReaderSettings, TrainDataSettings
 from src.data.synthetic import make_synthetic_coco
 from src.data.transforms import preprocess_for_test
 
@@ -42,8 +45,30 @@ def assert_same(a, b):
             np.testing.assert_array_equal(x, y)
 
 
+def test_data_settings_are_read_from_the_config_once(root):
+    cfg = config(root, "data.std=[2, 3, 4]", "data.rgb=true", "data.augment=false", "data.expand_prob=0.3",
+                 "data.expand_max_ratio=2.5", "data.crop_require_all=false", "data.match_threshold=0.4",
+                 "data.min_box_size=2.0", "data.pixel_offset=false", "priors.variance=[0.2, 0.3]", "train.seed=9",
+                 "data.num_workers=3", "data.train_sizes=[48, 64]")
+    policy = resize.InputPolicy(mode="square", test_size=SIZE, train_sizes=(48, 64))
+
+    def reader(split):
+        return ReaderSettings(split, os.path.join(root, "annotations", f"instances_{split}.json"),
+                              os.path.join(root, split), num_classes=cfg.model.num_classes, min_box_size=2.0,
+                              pixel_offset=False)
+
+    assert train_data_settings(cfg) == TrainDataSettings(
+        reader("train"), policy, mean=(104.0, 117.0, 123.0), std=(2.0, 3.0, 4.0), rgb=True,
+        augmentation=Augmentation(enabled=False, expand_prob=0.3, expand_max_ratio=2.5, crop_require_all=False),
+        match_threshold=0.4, variance=(0.2, 0.3), seed=9, num_workers=3)
+    assert eval_data_settings(cfg, "val") == EvalDataSettings(
+        reader("val"), resize.TestInput(policy, (104.0, 117.0, 123.0), (2.0, 3.0, 4.0), rgb=True), num_workers=3)
+    with pytest.raises(ValueError, match="split must be 'train' or 'val', got 'test'"):
+        eval_data_settings(cfg, "test")
+
+
 def test_train_batches(root):
-    dataset = create_train_dataset(config(root), PRIORS, batch_size=4, seed=1)
+    dataset = create_train_dataset(train_data_settings(config(root)), PRIORS, batch_size=4, seed=1)
     info = dataset.data_info
     assert info.steps_per_epoch == 2 == dataset.get_dataset_size()     # 10 images, drop remainder
     assert info.label_to_cat_id == [1, 2, 4, 5, 7] and info.num_classes == 5
@@ -58,19 +83,19 @@ def test_train_batches(root):
 
 
 def test_deterministic_for_a_seed_and_across_workers(root):
-    cfg = config(root)
-    one = epochs(create_train_dataset(cfg, PRIORS, batch_size=2, seed=3, num_workers=1))
-    two = epochs(create_train_dataset(cfg, PRIORS, batch_size=2, seed=3, num_workers=2))
+    data = train_data_settings(config(root))
+    one = epochs(create_train_dataset(data, PRIORS, batch_size=2, seed=3, num_workers=1))
+    two = epochs(create_train_dataset(data, PRIORS, batch_size=2, seed=3, num_workers=2))
     assert_same(one[0], two[0])
-    other = epochs(create_train_dataset(cfg, PRIORS, batch_size=2, seed=4))
+    other = epochs(create_train_dataset(data, PRIORS, batch_size=2, seed=4))
     assert not np.array_equal(one[0][0][0], other[0][0][0])
 
 
 def test_epochs_differ_and_resume(root):
-    cfg = config(root)
-    first, second = epochs(create_train_dataset(cfg, PRIORS, batch_size=5, seed=2), num_epochs=2)
+    data = train_data_settings(config(root))
+    first, second = epochs(create_train_dataset(data, PRIORS, batch_size=5, seed=2), num_epochs=2)
     assert not np.array_equal(first[0][0], second[0][0])
-    (resumed,) = epochs(create_train_dataset(cfg, PRIORS, batch_size=5, seed=2, start_epoch=1))
+    (resumed,) = epochs(create_train_dataset(data, PRIORS, batch_size=5, seed=2, start_epoch=1))
     assert_same(resumed, second)
 
 
@@ -87,26 +112,26 @@ def test_two_train_shards_cover_every_image(num_items):
 
 
 def test_sharded_train_pipeline(root):
-    cfg = config(root)
-    sizes = [create_train_dataset(cfg, PRIORS, batch_size=5, num_shards=2, shard_id=r).data_info
+    data = train_data_settings(config(root))
+    sizes = [create_train_dataset(data, PRIORS, batch_size=5, num_shards=2, shard_id=r).data_info
              for r in range(2)]
     assert [s.samples_per_epoch for s in sizes] == [5, 5] and [s.steps_per_epoch for s in sizes] == [1, 1]
     with pytest.raises(ValueError):
-        create_train_dataset(cfg, PRIORS, batch_size=5, num_shards=2)
+        create_train_dataset(data, PRIORS, batch_size=5, num_shards=2)
 
 
 def test_two_eval_shards_cover_every_image_once(root):
-    cfg = config(root)
+    settings = eval_data_settings(config(root))
     seen = []
     for r in range(2):
-        for image, image_id, orig_hw in epochs(create_test_dataset(cfg, num_shards=2, shard_id=r))[0]:
+        for image, image_id, orig_hw in epochs(create_test_dataset(settings, num_shards=2, shard_id=r))[0]:
             seen.extend(image_id.tolist())
     assert sorted(seen) == [1, 2, 3, 4, 5]
 
 
 def test_test_dataset_content(root):
     cfg = config(root)
-    dataset = create_test_dataset(cfg, batch_size=2)
+    dataset = create_test_dataset(eval_data_settings(cfg), batch_size=2)
     assert dataset.data_info.steps_per_epoch == 3
     rows = epochs(dataset)[0]
     assert [len(r[1]) for r in rows] == [2, 2, 1]
@@ -123,8 +148,7 @@ def test_unreadable_image_is_substituted_and_reported(root, tmp_path):
     shutil.copytree(root, broken)
     with open(os.path.join(broken, "train", "000003.jpg"), "wb") as f:
         f.write(b"garbage")
-    cfg = config(broken)
-    dataset = create_train_dataset(cfg, PRIORS, batch_size=5, seed=0, num_workers=2)
+    dataset = create_train_dataset(train_data_settings(config(broken)), PRIORS, batch_size=5, seed=0, num_workers=2)
     result = epochs(dataset, num_epochs=2)
     assert all(len(e) == 2 for e in result)
     # flagged in a worker process, visible here through shared memory (the trainer reports it)

@@ -22,7 +22,8 @@ import pytest
 
 import serve
 from src.config import load_config
-from src.inference import Predictor, detections_to_entry
+from src.inference import detections_to_entry
+from src.inference.model_files import predictor_from_checkpoint
 from src.inference.scoring import Limits, ScoringService
 from src.inference.server import BackgroundServer, create_app
 from src.postprocess import Detections
@@ -53,7 +54,7 @@ def wait_ready(srv, timeout_s=60.0):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    predictor = Predictor.from_checkpoint(load_config(TINY), checkpoint, batch_size=2)
+    predictor = predictor_from_checkpoint(load_config(TINY), checkpoint, batch_size=2)
     service = ScoringService(predictor, NAMES, score_threshold=0.05, limits=LIMITS)
     with BackgroundServer(create_app(service)) as srv:
         srv.service = service

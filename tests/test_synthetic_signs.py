@@ -29,7 +29,7 @@ def test_default_dataset_is_unchanged(tmp_path):
 
 
 def test_signs_dataset_has_other_classes_and_looks(tmp_path):
-    make_synthetic_coco(str(tmp_path), num_train=6, num_val=2, seed=0, cfg=SyntheticConfig(kind="signs"))
+    make_synthetic_coco(str(tmp_path), num_train=6, num_val=2, seed=0, spec=SyntheticConfig(kind="signs"))
     with open(tmp_path / "annotations" / "instances_train.json") as f:
         data = json.load(f)
     assert [(c["id"], c["name"]) for c in data["categories"]] == SIGN_CATEGORIES

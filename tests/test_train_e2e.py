@@ -10,7 +10,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.builder import build_detector, build_priors
+from src.builder import build_detector, build_priors, train_data_settings
 from src.config import load_config
 from src.data.pipeline import create_train_dataset
 from src.data.synthetic import make_synthetic_coco
@@ -45,7 +45,7 @@ def test_a_few_steps_lower_the_loss(data_dir):
     ms.set_seed(0)
     cfg = load_config(TINY, [f"data.root={data_dir}", "data.augment=false"])
     detector = build_detector(cfg)
-    dataset = create_train_dataset(cfg, build_priors(cfg), batch_size=4, num_workers=1)
+    dataset = create_train_dataset(train_data_settings(cfg), build_priors(cfg), batch_size=4, num_workers=1)
     images, loc_t, conf_t = next(dataset.create_tuple_iterator(num_epochs=1))
     optimizer = build_sgd(detector.trainable_params(), np.full(50, 0.02, np.float32), 0.9, 0.0)
     step = TrainStep(DetectorWithLoss(detector), optimizer, clip_grad_norm=4.0)

@@ -253,10 +253,10 @@ def test_inference_network_options():
         return [type(c).__name__ for c in net.cell_list]
 
     net = network()
-    assert inference_network(net, {"fold_bn": False, "winograd": False}, "CPU") is net
-    assert kinds(inference_network(net, {"fold_bn": True, "winograd": True}, "GPU")) == [
+    assert inference_network(net, fold_bn=False, use_winograd=False, device_target="CPU") is net
+    assert kinds(inference_network(net, fold_bn=True, use_winograd=True, device_target="GPU")) == [
         "Conv2d", "Identity", "ReLU", "Conv2d"]
-    fast = inference_network(net, {"fold_bn": True, "winograd": True}, "CPU")
+    fast = inference_network(net, fold_bn=True, use_winograd=True, device_target="CPU")
     assert kinds(fast) == ["WinogradConv2d", "Identity", "ReLU", "Conv2d"]
     assert kinds(net) == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]          # the original is untouched
     x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 128, 6, 7)).astype(np.float32))

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     import mindspore as ms
 
-    from src.builder import build_detector, build_priors
+    from src.builder import build_detector, build_postprocessor, eval_data_settings, inference_options
     from src.evaluation.evaluator import evaluate, format_report
     from src.inference.fast_network import inference_network
 
@@ -67,11 +67,11 @@ def main(argv=None) -> int:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1
     params = None
-    detector = inference_network(detector, cfg.test, args.device_target)
+    detector = inference_network(detector, **inference_options(cfg), device_target=args.device_target)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     write_resolved_config(out_dir, cfg)
     try:
-        metrics = evaluate(cfg, detector, build_priors(cfg), out_dir=out_dir, split=args.split,
+        metrics = evaluate(detector, eval_data_settings(cfg, args.split), build_postprocessor(cfg), out_dir=out_dir,
                            batch_size=args.batch_size, draw=args.draw)
     except (FileNotFoundError, ValueError) as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 from src.config import ConfigError
 from src.device import DeviceUnavailable, check_device, set_context
 from src.inference import Predictor, PredictorError
-from src.inference.model_files import class_names, open_model
+from src.inference.model_files import class_names, open_model, predictor_from_checkpoint, predictor_from_mindir
 from src.inference.names import NamesError
 from src.model_info import ModelInfoError, class_names_for, info_from_checkpoint, resolve_config
 from src.training.checkpoint import CheckpointError, read_checkpoint
@@ -69,8 +69,8 @@ def make_predictor(cfg, model_path: str, *, is_checkpoint: bool, device_target: 
     """The MindSpore context, then the Predictor of a checkpoint or a MINDIR."""
     try:
         set_context(device_target, mode)
-        return (Predictor.from_checkpoint(cfg, model_path, batch_size) if is_checkpoint
-                else Predictor.from_mindir(cfg, model_path))
+        return (predictor_from_checkpoint(cfg, model_path, batch_size) if is_checkpoint
+                else predictor_from_mindir(cfg, model_path))
     except (DeviceUnavailable, CheckpointError, PredictorError) as exc:
         raise CliFailure(1, f"{failed}: {exc}") from None
 

@@ -1,13 +1,13 @@
 """mindspore.dataset pipelines for training and evaluation.
 
-    train = create_train_dataset(cfg, priors, batch_size=16, seed=1)
+    train = create_train_dataset(settings, priors, batch_size=16, seed=1)   # src.builder.train_data_settings
     for image, *targets in train.create_tuple_iterator(num_epochs=E): ...
         # multibox head: image (B, 3, S, S) float32, loc_t (B, P, 4) float32, conf_t (B, P) int32
         # dense heads:   image (B, 3, H, W) float32, labels (B, N) int32, boxes (B, N, 4) float32
         #                (src/data/dense_targets.py; `priors` is then the head's AnchorLayout)
     train.data_info.steps_per_epoch, train.data_info.label_to_cat_id
 
-    val = create_test_dataset(cfg, split="val")
+    val = create_test_dataset(settings)          # src.builder.eval_data_settings(cfg, "val")
     for image, image_id, orig_hw in val.create_tuple_iterator(): ...
         # image (B, 3, H, W), image_id (B,) int64, orig_hw (B, 2) int32 (height, width)
 
@@ -33,12 +33,12 @@ next readable image (index + 1, ...), deterministic too; the evaluation source y
 blank input with `orig_hw` (0, 0), which tells the evaluator to leave that image out of
 the scored set. Either way the reader's shared skip flags record it; the trainer and the
 evaluator report the count at the end of every epoch and of evaluation
-(`DataInfo.skip_summary`).
+(`DataInfo.skip_summary`). A training split without a single readable image is refused when
+its dataset is created, before any batch (`check_readable`).
 """
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -50,6 +50,7 @@ from heads.box_coder import SSDBoxCoder
 from src.data.coco import CocoDetection, check_num_classes
 from src.data.dense_targets import AnchorLayout, DenseTargetEncoder
 from src.data.resize import InputPolicy, KeepRatioTrainTransform, TestInput
+from src.data.settings import EvalDataSettings, ReaderSettings, TrainDataSettings
 from src.data.targets import SSDTargetEncoder
 from src.data.transforms import SSDPlainTransform, SSDTrainTransform
 
@@ -63,21 +64,30 @@ NOT_READ = (0, 0)     # orig_hw of an evaluation image that could not be read
 
 # ---------------------------------------------------------------------- reader
 
-def build_reader(cfg, split: str = "train") -> CocoDetection:
-    """The COCO reader for `split` ('train' or 'val') from cfg.data (root + relative paths).
+def build_reader(settings: ReaderSettings) -> CocoDetection:
+    """The COCO reader of one split (src.builder.reader_settings).
 
     Its categories must be the model's classes (model.num_classes - 1): checked here, before
     any network is compiled.
     """
-    data = cfg.data
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got '{split}'")
-    ann = os.path.join(data.root, data[f"{split}_ann"])
-    images = os.path.join(data.root, data[f"{split}_images"])
-    reader = CocoDetection(ann, images, min_box_size=float(data.get("min_box_size", 1.0)),
-                           pixel_offset=bool(data.get("pixel_offset", False)))
-    check_num_classes(reader.num_classes, cfg.model.num_classes, ann)
+    reader = CocoDetection(settings.ann_file, settings.image_dir, min_box_size=float(settings.min_box_size),
+                           pixel_offset=bool(settings.pixel_offset))
+    check_num_classes(reader.num_classes, settings.num_classes, settings.ann_file)
     return reader
+
+
+def check_readable(reader: CocoDetection, split: str) -> None:
+    """Raise ValueError, naming the folder and the count, when no image of `reader` can be read.
+
+    Training substitutes the next readable image for an unreadable one; with none at all the
+    data worker could only fail mid-pipeline. Stops at the first readable image, so a usable
+    split costs one image read (the unreadable ones before it are flagged as training would).
+    """
+    for index in range(len(reader)):
+        if reader.load_image(index) is not None:
+            return
+    raise ValueError(f"none of the {len(reader)} images of the {split} split can be read: "
+                     f"{reader.skip_summary()}")
 
 
 # ---------------------------------------------------------------------- sampler
@@ -288,8 +298,8 @@ class DataInfo:
         return self
 
 
-def _workers(cfg, num_workers: Optional[int]) -> int:
-    return max(1, int(cfg.data.num_workers if num_workers is None else num_workers))
+def _workers(default: int, num_workers: Optional[int]) -> int:
+    return max(1, int(default if num_workers is None else num_workers))
 
 
 def _generator(source, columns, sampler: EpochSampler, workers: int):
@@ -297,29 +307,24 @@ def _generator(source, columns, sampler: EpochSampler, workers: int):
                                num_parallel_workers=workers, python_multiprocessing=workers > 1)
 
 
-def _normalisation(cfg) -> dict:
-    data = cfg.data
-    std = data.get("std")
-    return {"std": None if not std else [float(v) for v in std], "rgb": bool(data.get("rgb", False))}
-
-
-def _train_transform(cfg, policy: InputPolicy) -> Callable:
-    data = cfg.data
-    norm = _normalisation(cfg)
+def _train_transform(settings: TrainDataSettings) -> Callable:
+    policy, augmentation = settings.policy, settings.augmentation
+    norm = {"std": None if settings.std is None else list(settings.std), "rgb": settings.rgb}
     if policy.mode == "keep_ratio":
-        return KeepRatioTrainTransform(policy, data.mean, flip_p=0.5 if data.augment else 0.0, **norm)
-    if data.augment:
+        return KeepRatioTrainTransform(policy, settings.mean, flip_p=0.5 if augmentation.enabled else 0.0, **norm)
+    if augmentation.enabled:
         def make(size):
-            return SSDTrainTransform(size, data.mean, expand_p=float(data.get("expand_prob", 0.6)),
-                                     expand_max_ratio=float(data.get("expand_max_ratio", 4.0)),
-                                     crop_require_all=bool(data.get("crop_require_all", True)), **norm)
+            return SSDTrainTransform(size, settings.mean, expand_p=augmentation.expand_prob,
+                                     expand_max_ratio=augmentation.expand_max_ratio,
+                                     crop_require_all=augmentation.crop_require_all, **norm)
     else:
         def make(size):
-            return SSDPlainTransform(size, data.mean, **norm)
+            return SSDPlainTransform(size, settings.mean, **norm)
     return SizedTransforms(make, policy.sizes)
 
 
-def _train_encoder(cfg, priors, policy: InputPolicy) -> tuple[Callable, list]:
+def _train_encoder(settings: TrainDataSettings, priors) -> tuple[Callable, list]:
+    policy = settings.policy
     if isinstance(priors, AnchorLayout):
         missing = [hw for hw in policy.canvases() if hw not in priors.feature_sizes]
         if missing:
@@ -328,39 +333,42 @@ def _train_encoder(cfg, priors, policy: InputPolicy) -> tuple[Callable, list]:
     if policy.multi_scale or policy.mode != "square":
         raise ValueError("the multibox head has one fixed prior set: it needs data.resize_mode 'square' "
                          "and no data.train_sizes other than model.input_size")
-    encoder = SSDTargetEncoder(np.asarray(priors.boxes(), dtype=np.float32), SSDBoxCoder(cfg.priors.variance),
-                               MaxIoUAssigner(pos_threshold=float(cfg.data.match_threshold)))
+    encoder = SSDTargetEncoder(np.asarray(priors.boxes(), dtype=np.float32), SSDBoxCoder(settings.variance),
+                               MaxIoUAssigner(pos_threshold=float(settings.match_threshold)))
     return _SizeFreeEncoder(encoder), TRAIN_COLUMNS
 
 
-def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int] = None,
+def create_train_dataset(settings: TrainDataSettings, priors, batch_size: int, num_shards: Optional[int] = None,
                          shard_id: Optional[int] = None, seed: Optional[int] = None,
                          start_epoch: int = 0, num_workers: Optional[int] = None):
     """Batched training dataset of (image (B,3,H,W), *targets).
 
     Args:
-        cfg: the loaded config (uses cfg.data, cfg.model.input_size, cfg.priors.variance).
-        priors: the multibox head's (P, 4) (cx, cy, w, h) array or `SSDPriors` -> targets
-            (loc_t (B,P,4), conf_t (B,P)); or a dense head's `AnchorLayout` (src.builder.
-            build_priors) -> targets (labels (B,N), boxes (B,N,4)).
+        settings: the training split, input policy, normalisation, augmentation and matching
+            (src.builder.train_data_settings).
+        priors: the multibox head's `SSDPriors` -> targets (loc_t (B,P,4), conf_t (B,P)); or a
+            dense head's `AnchorLayout` (src.builder.build_priors) -> targets (labels (B,N),
+            boxes (B,N,4)).
         batch_size: images per batch on this shard; the last partial batch is dropped.
         num_shards, shard_id: distributed data parallelism (both or neither).
-        seed: shuffling and augmentation seed (default cfg.train.seed).
+        seed: shuffling and augmentation seed (default settings.seed).
         start_epoch: epoch number of the first epoch (resuming gives the same orders).
-        num_workers: worker processes (default cfg.data.num_workers).
-    The returned dataset has `.data_info` (DataInfo).
+        num_workers: worker processes (default settings.num_workers).
+    The returned dataset has `.data_info` (DataInfo). A split without a readable image raises
+    ValueError here, before any batch.
     """
-    seed = int(cfg.train.seed if seed is None else seed)
+    seed = int(settings.seed if seed is None else seed)
     num_shards, shard_id = _check_shards(num_shards, shard_id)
-    reader = build_reader(cfg, "train")
-    policy = InputPolicy.from_config(cfg)
-    transform = _train_transform(cfg, policy)
-    encoder, columns = _train_encoder(cfg, priors, policy)
+    reader = build_reader(settings.reader)
+    policy = settings.policy
+    transform = _train_transform(settings)
+    encoder, columns = _train_encoder(settings, priors)
     sampler = EpochSampler(len(reader), seed, shuffle=True, num_shards=num_shards, shard_id=shard_id,
                            pad=True, start_epoch=start_epoch)
+    check_readable(reader, settings.reader.split)
     source = TrainSource(reader, transform, encoder, seed, sampler=sampler, batch_size=batch_size,
                          policy=policy if policy.multi_scale else None)
-    dataset = _generator(source, columns, sampler, _workers(cfg, num_workers))
+    dataset = _generator(source, columns, sampler, _workers(settings.num_workers, num_workers))
     dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset.data_info = DataInfo(reader, len(reader), len(sampler), batch_size,
                                  len(sampler) // batch_size, reader.label_to_cat_id, reader.cat_names)
@@ -369,19 +377,20 @@ def create_train_dataset(cfg, priors, batch_size: int, num_shards: Optional[int]
     return dataset
 
 
-def create_test_dataset(cfg, split: str = "val", batch_size: int = 1,
+def create_test_dataset(settings: EvalDataSettings, batch_size: int = 1,
                         num_shards: Optional[int] = None, shard_id: Optional[int] = None,
                         num_workers: Optional[int] = None):
     """Evaluation dataset of (image (B,3,H,W), image_id (B,), orig_hw (B,2)), in image-id order.
 
-    The last batch may be smaller than `batch_size`. The returned dataset has `.data_info`.
+    settings: the split, its TestInput and workers (src.builder.eval_data_settings). The last
+    batch may be smaller than `batch_size`. The returned dataset has `.data_info`.
     """
     num_shards, shard_id = _check_shards(num_shards, shard_id)
-    reader = build_reader(cfg, split)
+    reader = build_reader(settings.reader)
     sampler = EpochSampler(len(reader), seed=0, shuffle=False, num_shards=num_shards,
                            shard_id=shard_id, pad=False)
-    source = TestSource(reader, TestInput.from_config(cfg))
-    dataset = _generator(source, TEST_COLUMNS, sampler, _workers(cfg, num_workers))
+    source = TestSource(reader, settings.test_input)
+    dataset = _generator(source, TEST_COLUMNS, sampler, _workers(settings.num_workers, num_workers))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     dataset.data_info = DataInfo(reader, len(reader), len(sampler), batch_size,
                                  -(-len(sampler) // batch_size), reader.label_to_cat_id,

@@ -60,13 +60,6 @@ class InputPolicy:
         if any(int(s) < 1 for s in self.sizes):
             raise ValueError(f"input sizes must be positive, got {list(self.sizes)}")
 
-    @classmethod
-    def from_config(cls, cfg) -> "InputPolicy":
-        data = cfg.data
-        return cls(mode=str(data.get("resize_mode", "square")), test_size=int(cfg.model.input_size),
-                   train_sizes=tuple(int(s) for s in (data.get("train_sizes") or ())),
-                   max_size=int(data.get("max_size", 1333)), size_divisor=int(data.get("size_divisor", 32)))
-
     @property
     def sizes(self) -> tuple:
         """The training sizes (the test size alone when no multi-scale set is given)."""
@@ -136,13 +129,6 @@ class TestInput:
     mean: tuple
     std: Optional[tuple] = None
     rgb: bool = False
-
-    @classmethod
-    def from_config(cls, cfg) -> "TestInput":
-        data = cfg.data
-        std = data.get("std")
-        return cls(InputPolicy.from_config(cfg), tuple(float(v) for v in data.mean),
-                   None if not std else tuple(float(v) for v in std), bool(data.get("rgb", False)))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if self.policy.mode == "square":

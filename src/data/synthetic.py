@@ -185,55 +185,55 @@ def render_tiled_background(rng: np.random.Generator, height: int, width: int) -
 
 # ---------------------------------------------------------------------- images
 
-def render_synthetic_image(rng: np.random.Generator, cfg: Optional[SyntheticConfig] = None
+def render_synthetic_image(rng: np.random.Generator, spec: Optional[SyntheticConfig] = None
                            ) -> tuple[np.ndarray, list[dict]]:
     """Draw one image -> (uint8 BGR (H, W, 3), objects).
 
     Each object: {"category_id", "bbox" [x, y, w, h] (painted pixel extent), "area"
     (area of the filled polygon), "segmentation" [[x1, y1, x2, y2, ...]]}.
     """
-    cfg = cfg or SyntheticConfig()
-    width = int(rng.integers(cfg.min_side, cfg.max_side + 1))
-    height = int(rng.integers(cfg.min_side, cfg.max_side + 1))
-    if cfg.kind == "shapes" or cfg.flat_background:
-        image = render_background(rng, height, width, cfg.flat_background)
+    spec = spec or SyntheticConfig()
+    width = int(rng.integers(spec.min_side, spec.max_side + 1))
+    height = int(rng.integers(spec.min_side, spec.max_side + 1))
+    if spec.kind == "shapes" or spec.flat_background:
+        image = render_background(rng, height, width, spec.flat_background)
     else:
         image = render_tiled_background(rng, height, width)
-    background_mean = cv2.blur(image, (31, 31)) if not cfg.flat_background else image
+    background_mean = cv2.blur(image, (31, 31)) if not spec.flat_background else image
 
-    num_objects = 0 if rng.random() < cfg.empty_prob else int(rng.integers(1, cfg.max_objects + 1))
+    num_objects = 0 if rng.random() < spec.empty_prob else int(rng.integers(1, spec.max_objects + 1))
     owner = np.full((height, width), -1, dtype=np.int16)   # which object shows at each pixel
     full_pixels: list[int] = []                             # painted pixels of each object
     visible: list[int] = []                                 # ... of which still uncovered
     objects: list[dict] = []
-    max_size = max(cfg.min_size + 1, cfg.max_size_frac * min(height, width))
+    max_size = max(spec.min_size + 1, spec.max_size_frac * min(height, width))
     for _ in range(num_objects):
-        placed = _place_object(rng, cfg, image, background_mean, owner, full_pixels, visible,
+        placed = _place_object(rng, spec, image, background_mean, owner, full_pixels, visible,
                                max_size)
         if placed is not None:
             objects.append(placed)
 
-    if not cfg.flat_background:
+    if not spec.flat_background:
         image += rng.uniform(3, 10) * rng.standard_normal((height, width, 3), dtype=np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
 
 
-def _place_object(rng, cfg, image, background_mean, owner, full_pixels, visible, max_size,
+def _place_object(rng, spec, image, background_mean, owner, full_pixels, visible, max_size,
                   max_tries: int = 10) -> Optional[dict]:
     """Try a few random positions for one random shape; paint it and return its record."""
     height, width = owner.shape
-    categories = KINDS[cfg.kind]
+    categories = KINDS[spec.kind]
     cls = int(rng.integers(len(categories)))
     cat_id, name = categories[cls]
-    size = math.exp(rng.uniform(math.log(cfg.min_size), math.log(max_size)))
+    size = math.exp(rng.uniform(math.log(spec.min_size), math.log(max_size)))
     outline = 0
-    if rng.random() < cfg.outline_prob:
+    if rng.random() < spec.outline_prob:
         outline = int(np.clip(round(size * rng.uniform(0.06, 0.12)), 2, 12))
     shape = shape_polygon(name, size, rng)
     # elongated or rotated shapes are narrower than `size`: keep the box's shorter side
     # >= min_size (tiny slivers teach nothing) and its longer side <= max_size
     extent = shape.max(axis=0) - shape.min(axis=0)
-    shape = shape * max(1.0, cfg.min_size / extent.min())
+    shape = shape * max(1.0, spec.min_size / extent.min())
     shape = shape * min(1.0, max_size / (shape.max(axis=0) - shape.min(axis=0)).max())
     lo, hi = shape.min(axis=0), shape.max(axis=0)
     margin = outline / 2 + 1
@@ -254,7 +254,7 @@ def _place_object(rng, cfg, image, background_mean, owner, full_pixels, visible,
         region_owner = owner[y0:y1, x0:x1]
         covered = np.bincount(region_owner[mask] + 1, minlength=len(full_pixels) + 1)[1:]
         if full_pixels and np.any(np.asarray(visible) - covered
-                                  < cfg.min_visible * np.asarray(full_pixels)):
+                                  < spec.min_visible * np.asarray(full_pixels)):
             continue
         colour = _pick_colour(rng, background_mean[y0:y1, x0:x1][mask].mean(axis=0))
         image[y0:y1, x0:x1][mask] = colour
@@ -285,16 +285,16 @@ def _pick_colour(rng: np.random.Generator, local_mean: np.ndarray) -> np.ndarray
 
 # ---------------------------------------------------------------------- dataset
 
-def _write_split(out_dir: str, split: str, num_images: int, seed: int, cfg: SyntheticConfig) -> str:
+def _write_split(out_dir: str, split: str, num_images: int, seed: int, spec: SyntheticConfig) -> str:
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
     for k in range(num_images):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], k])
-        image, objects = render_synthetic_image(rng, cfg)
+        image, objects = render_synthetic_image(rng, spec)
         image_id = k + 1
         file_name = f"{image_id:06d}.jpg"
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
         if not ok:
             raise RuntimeError(f"could not encode {file_name}")
         with open(os.path.join(image_dir, file_name), "wb") as f:
@@ -304,10 +304,10 @@ def _write_split(out_dir: str, split: str, num_images: int, seed: int, cfg: Synt
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
     data = {
-        "info": {"description": f"synthetic {cfg.kind}, split {split}, seed {seed}"},
+        "info": {"description": f"synthetic {spec.kind}, split {split}, seed {seed}"},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in KINDS[cfg.kind]],
+        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in KINDS[spec.kind]],
     }
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
@@ -318,18 +318,18 @@ def _write_split(out_dir: str, split: str, num_images: int, seed: int, cfg: Synt
 
 
 def make_synthetic_coco(out_dir: str, num_train: int, num_val: int, seed: int = 0,
-                        cfg: Optional[SyntheticConfig] = None) -> dict:
+                        spec: Optional[SyntheticConfig] = None) -> dict:
     """Write the dataset; returns {"train": ann_path, "val": ann_path, "root": out_dir}.
 
     The layout matches the `data:` defaults of configs/base.yaml (root + annotations/
     instances_{split}.json + {split}/), so `data.root=OUT` is all a config needs.
     """
-    cfg = cfg or SyntheticConfig()
-    if cfg.kind not in KINDS:
-        raise ValueError(f"unknown synthetic dataset kind {cfg.kind!r} (known: {', '.join(KINDS)})")
+    spec = spec or SyntheticConfig()
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown synthetic dataset kind {spec.kind!r} (known: {', '.join(KINDS)})")
     paths = {"root": out_dir}
     for split, n in (("train", num_train), ("val", num_val)):
-        paths[split] = _write_split(out_dir, split, n, seed, cfg)
+        paths[split] = _write_split(out_dir, split, n, seed, spec)
     return paths
 
 
@@ -349,9 +349,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--min-side", type=int, default=defaults.min_side, help="smallest image side")
     parser.add_argument("--max-side", type=int, default=defaults.max_side, help="largest image side")
     args = parser.parse_args(argv)
-    cfg = SyntheticConfig(min_size=args.min_size, max_size_frac=args.max_size_frac,
-                          min_side=args.min_side, max_side=args.max_side, kind=args.kind)
-    paths = make_synthetic_coco(args.out, args.train, args.val, args.seed, cfg)
+    spec = SyntheticConfig(min_size=args.min_size, max_size_frac=args.max_size_frac,
+                           min_side=args.min_side, max_side=args.max_side, kind=args.kind)
+    paths = make_synthetic_coco(args.out, args.train, args.val, args.seed, spec)
     print(f"wrote {args.train} train / {args.val} val images to {paths['root']}")
 
 

@@ -1,7 +1,9 @@
 """Run a detector over an evaluation split and score it with COCO AP.
 
-    network outputs -> output decoder (src.builder.build_output_decoder: SSD offsets + softmax,
-    or a dense head's in-graph boxes + sigmoids) -> scale to the original image ->
+    metrics = evaluate(detector, eval_data_settings(cfg, "val"), build_postprocessor(cfg, priors))
+
+    network outputs -> Postprocessor (src.builder.build_postprocessor): output decoder (SSD offsets
+    + softmax, or a dense head's in-graph boxes + sigmoids) -> scale to the original image ->
     postprocess.detect (per-class threshold + (soft-)NMS + top-k) -> COCO results -> COCOeval
 
 Network time (forward, including the device->host copy) and post-processing time (decode,
@@ -17,8 +19,8 @@ from typing import Iterator
 import mindspore as ms
 import numpy as np
 
-from src.builder import build_postprocessor
 from src.data.pipeline import NOT_READ, create_test_dataset
+from src.data.settings import EvalDataSettings
 from src.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_per_class_table
 from src.postprocess import Detections, Postprocessor
 from src.utils.io import write_json_atomic
@@ -57,13 +59,16 @@ def iterate_detections(detector, dataset, postprocessor: Postprocessor, timings:
         timings["images"] += n - int(np.count_nonzero(np.all(sizes[:n] == 0, axis=1)))
 
 
-def evaluate(cfg, detector, priors, out_dir: str | None = None, split: str = "val", batch_size: int = 1,
-             draw: int = 0) -> dict:
-    """COCO metrics of `detector` (already in inference mode with weights loaded) on `split`."""
+def evaluate(detector, data: EvalDataSettings, postprocessor: Postprocessor, *, out_dir: str | None = None,
+             batch_size: int = 1, draw: int = 0) -> dict:
+    """COCO metrics of `detector` (already in inference mode with weights loaded) on the split of
+    `data` (src.builder.eval_data_settings); `postprocessor` turns one image's outputs into its
+    detections (src.builder.build_postprocessor). out_dir: the results JSON, metrics.json and
+    `draw` pictures."""
     detector.set_train(False)
-    dataset = create_test_dataset(cfg, split=split, batch_size=batch_size)
+    split = data.reader.split
+    dataset = create_test_dataset(data, batch_size=batch_size)
     info = dataset.data_info
-    postprocessor = build_postprocessor(cfg, priors)
     timings = {"network_s": 0.0, "postprocess_s": 0.0, "images": 0}
     results, drawn, evaluated, not_read = [], [], [], []
     for image_id, _, _, dets in iterate_detections(detector, dataset, postprocessor, timings, not_read):

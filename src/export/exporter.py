@@ -27,8 +27,7 @@ import numpy as np
 
 from heads.box_coder import SSDBoxCoder, decode_graph
 from heads.multibox_head import MultiBoxHead
-from src.builder import build_priors
-from src.data.resize import InputPolicy
+from src.builder import build_priors, input_policy
 from m2det.cells import refresh_parameter_names
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
@@ -234,7 +233,7 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
     suffix = FORMATS[file_format]
     out = os.path.abspath(out if out.lower().endswith(suffix) else out + suffix)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    height, width = InputPolicy.from_config(cfg).canvas()
+    height, width = input_policy(cfg).canvas()
     sample = np.random.default_rng(0).uniform(-120, 120, (batch_size, 3, height, width)).astype(np.float32)
 
     network, changes = build_export_network(detector, cfg, file_format, with_decode)

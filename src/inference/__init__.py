@@ -7,7 +7,7 @@
     scoring.py    limits, parsing the /score body, running the predictor, readiness (warm-up)
     server.py     the HTTP scoring endpoint (Starlette on uvicorn: POST /score, GET /health)
     http_deadline.py  uvicorn HTTP protocol with the request deadline on the headers
-    model_files.py  a checkpoint / MINDIR -> the config and class names it carries
+    model_files.py  a checkpoint / MINDIR -> the config and class names it carries, and its Predictor
     api.py        load_detector(path)(images): the one-line Python API
 """
 from src.inference.api import DetectionResult, LoadedDetector, load_detector

@@ -16,7 +16,8 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from src.data.coco import read_image
-from src.inference.model_files import class_names, is_mindir, open_model
+from src.inference.model_files import (class_names, is_mindir, open_model, predictor_from_checkpoint,
+                                       predictor_from_mindir)
 from src.inference.predictor import Predictor
 
 ImageInput = Union[str, np.ndarray]
@@ -76,6 +77,6 @@ def load_detector(path: str, config: Optional[str] = None, *, names: Optional[st
     """A detector from a train.py checkpoint or an export.py MINDIR (the file's config and names)."""
     cfg, info = open_model(path, config, overrides)
     class_list = class_names(cfg, info, names)
-    predictor = Predictor.from_mindir(cfg, path) if is_mindir(path) else Predictor.from_checkpoint(cfg, path,
+    predictor = predictor_from_mindir(cfg, path) if is_mindir(path) else predictor_from_checkpoint(cfg, path,
                                                                                                  batch_size)
     return LoadedDetector(predictor, class_list, score_threshold, cfg)

@@ -19,13 +19,18 @@ from src.export.fold_bn import fold_batchnorm
 log = logging.getLogger("m2det.inference")
 
 
-def inference_network(detector, test_cfg, device_target: str | None = None):
-    """`detector` itself when both options are off, else a rewritten copy in inference mode."""
+def inference_network(detector, *, fold_bn: bool = False, use_winograd: bool = False,
+                      device_target: str | None = None):
+    """`detector` itself when both options are off, else a rewritten copy in inference mode.
+
+    fold_bn, use_winograd: `test.fold_bn`, `test.winograd` (src.builder.inference_options); Winograd
+    applies on CPU only (default device: MindSpore's context).
+    """
     import mindspore as ms
 
     device_target = device_target or ms.get_context("device_target")
-    fold = bool(test_cfg.get("fold_bn", False))
-    fast_conv = bool(test_cfg.get("winograd", False)) and device_target == "CPU"
+    fold = bool(fold_bn)
+    fast_conv = bool(use_winograd) and device_target == "CPU"
     if fast_conv and not winograd.available():
         log.warning("test.winograd: %s is not built (bash scripts/make.sh); using direct convolutions",
                     winograd.LIBRARY)

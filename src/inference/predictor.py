@@ -18,15 +18,13 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from src.builder import build_detector, build_output_decoder, build_priors, input_policy, is_dense
-from src.data.resize import InputPolicy, TestInput
-from src.inference.fast_network import inference_network
-from src.postprocess import Detections, DetectionSettings, Postprocessor
-from src.training.checkpoint import load_detector_weights, read_checkpoint
+from src.data.resize import TestInput
+from src.postprocess import Detections, Postprocessor
 
 log = logging.getLogger("m2det.infer")
 
@@ -64,34 +62,69 @@ def _recorded_priors(meta: dict) -> Optional[int]:
     return None
 
 
-def check_mindir_fits_config(cfg, path: str, meta: dict) -> None:
-    """Refuse a MINDIR whose description (export.py's `path`.json) disagrees with `cfg`, naming both configs.
+@dataclass(frozen=True)
+class ExpectedModel:
+    """What a config makes of a network, to compare with an exported MINDIR's description.
+
+    canvas: the network input (H, W). num_classes: `model.num_classes`. num_priors: the multibox
+    head's prior count (None for the dense heads, whose outputs are not compared).
+    """
+
+    config_name: Optional[str]
+    canvas: tuple
+    num_classes: int
+    num_priors: Optional[int] = None
+
+
+def check_mindir_fits(path: str, meta: dict, expected: ExpectedModel) -> None:
+    """Refuse a MINDIR whose description (export.py's `path`.json) disagrees with the config,
+    naming both configs.
 
     Input size, class count and (multibox) prior count are compared; any difference would
     otherwise surface as a shape error deep in decoding.
     """
     problems = []
-    canvas = list(InputPolicy.from_config(cfg).canvas())
+    canvas = list(expected.canvas)
     shape = meta.get("input_shape")
     if shape is not None and list(shape[2:]) != canvas:
         problems.append(f"input {shape[2]}x{shape[3]} vs {canvas[0]}x{canvas[1]}")
-    if "num_classes" in meta and meta["num_classes"] != cfg.model.num_classes:
-        problems.append(f"model.num_classes {meta['num_classes']} vs {cfg.model.num_classes}")
+    if "num_classes" in meta and meta["num_classes"] != expected.num_classes:
+        problems.append(f"model.num_classes {meta['num_classes']} vs {expected.num_classes}")
     recorded = _recorded_priors(meta)
-    if recorded is not None and not is_dense(cfg):
-        expected = int(np.asarray(build_priors(cfg).boxes()).shape[0])
-        if recorded != expected:
-            problems.append(f"{recorded} priors vs {expected}")
+    if recorded is not None and expected.num_priors is not None and recorded != expected.num_priors:
+        problems.append(f"{recorded} priors vs {expected.num_priors}")
     exported_with = meta.get("config") or meta.get("config_name") or "a config not recorded"
     if problems:
         raise PredictorError(
             f"{path} was exported with config {exported_with} and does not fit the config "
-            f"{cfg.get('config_name', '?')} ({'; '.join(problems)}): use the config it was exported with, "
+            f"{expected.config_name or '?'} ({'; '.join(problems)}): use the config it was exported with, "
             f"or export the checkpoint again with this one")
     recorded_name = meta.get("config_name") or os.path.splitext(os.path.basename(str(meta.get("config", ""))))[0]
-    if recorded_name and recorded_name != cfg.get("config_name"):
+    if recorded_name and recorded_name != expected.config_name:
         log.warning("%s was exported with config %s, used with %s (the shapes agree)", path, exported_with,
-                    cfg.get("config_name"))
+                    expected.config_name)
+
+
+def read_mindir_description(path: str) -> dict:
+    """The JSON description export.py writes next to a MINDIR (`path`.json); {} without one."""
+    if not os.path.isfile(path):
+        raise PredictorError(f"MINDIR not found: {path}")
+    if not os.path.isfile(path + ".json"):
+        log.warning("%s.json not found: assuming batch size 1 and outputs without decoding", path)
+        return {}
+    with open(path + ".json", "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_mindir(path: str):
+    """The MINDIR as a callable mindspore GraphCell; PredictorError when MindSpore cannot load it."""
+    import mindspore as ms
+    from mindspore import nn
+
+    try:
+        return nn.GraphCell(ms.load(path))
+    except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals
+        raise PredictorError(f"cannot load MINDIR {path}: {str(exc).splitlines()[0]}") from exc
 
 
 class Predictor:
@@ -99,13 +132,14 @@ class Predictor:
 
     Args:
         network: called on a (batch_size, 3, H, W) float32 Tensor, returns a tuple of Tensors.
-        test_input: image -> network input (`TestInput.from_config(cfg)`).
+        test_input: image -> network input (`src.builder.build_test_input(cfg)`).
         postprocessor: one image's outputs -> its detections in image pixels
             (`src.builder.build_postprocessor(cfg, clip=True)`).
         batch_size: the network's batch dimension; shorter batches are padded with zeros.
         description: what the network is (for logs and /health).
 
-    `from_checkpoint` and `from_mindir` build all of it from a config.
+    src/inference/model_files.py builds all of it from a config and a checkpoint or MINDIR
+    (`predictor_from_checkpoint`, `predictor_from_mindir`).
     """
 
     def __init__(self, network: Callable, test_input: TestInput, postprocessor: Postprocessor,
@@ -118,44 +152,6 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.description = description
         self._lock = threading.Lock()
-
-    @classmethod
-    def _from_config(cls, cfg, network: Callable, decoder: Callable, batch_size: int, description: str):
-        postprocessor = Postprocessor(decoder, input_policy(cfg), DetectionSettings.from_config(cfg), clip=True)
-        return cls(network, TestInput.from_config(cfg), postprocessor, batch_size, description)
-
-    @classmethod
-    def from_checkpoint(cls, cfg, path: str, batch_size: int = 1) -> "Predictor":
-        """Build the config's detector and load `path`; a checkpoint that does not fit the config
-        raises CheckpointError naming the first mismatching tensors."""
-        detector = build_detector(cfg)
-        load_detector_weights(detector, read_checkpoint(path), path)
-        network = inference_network(detector, cfg.test)
-        return cls._from_config(cfg, network, build_output_decoder(cfg), batch_size, f"checkpoint {path}")
-
-    @classmethod
-    def from_mindir(cls, cfg, path: str) -> "Predictor":
-        """Load a MINDIR written by export.py; its JSON description (`path`.json) gives the batch
-        size and whether boxes are decoded in the graph (without it: batch 1, raw outputs)."""
-        import mindspore as ms
-        from mindspore import nn
-
-        if not os.path.isfile(path):
-            raise PredictorError(f"MINDIR not found: {path}")
-        meta = {}
-        if os.path.isfile(path + ".json"):
-            with open(path + ".json", "r", encoding="utf-8") as f:
-                meta = json.load(f)
-        else:
-            log.warning("%s.json not found: assuming batch size 1 and outputs without decoding", path)
-        shape = meta.get("input_shape", [1, 3, *InputPolicy.from_config(cfg).canvas()])
-        check_mindir_fits_config(cfg, path, meta)
-        try:
-            cell = nn.GraphCell(ms.load(path))
-        except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals
-            raise PredictorError(f"cannot load MINDIR {path}: {str(exc).splitlines()[0]}") from exc
-        decoder = DecodedBoxesDecoder() if meta.get("with_decode") else build_output_decoder(cfg)
-        return cls._from_config(cfg, cell, decoder, int(shape[0]), f"MINDIR {path}")
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         import mindspore as ms

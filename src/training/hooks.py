@@ -16,7 +16,9 @@ import os
 import cv2
 import numpy as np
 
+from src.data.settings import EvalDataSettings
 from src.evaluation.evaluator import evaluate
+from src.postprocess import Postprocessor
 from src.training.checkpoint import CheckpointError, CheckpointManager, read_checkpoint, save_checkpoint
 from src.training.progress import TrainProgress
 
@@ -107,23 +109,31 @@ def detection_pictures(folder: str) -> list[tuple[str, bytes, int, int]]:
 
 
 class EvaluationHook:
-    """COCO AP during training, on rank 0, every `eval_every` epochs (0: never) and after the last."""
+    """COCO AP during training, on rank 0, every `every` epochs (0: never) and after `last_epoch`.
 
-    def __init__(self, cfg, detector, priors, output_dir: str, *, ema, progress: TrainProgress | None,
+    data, postprocessor: the evaluation split and the detections of one image (src.builder.
+    eval_data_settings, build_postprocessor). pictures: how many images with detections each
+    evaluation draws (TensorBoard).
+    """
+
+    def __init__(self, detector, data: EvalDataSettings, postprocessor: Postprocessor, output_dir: str, *,
+                 every: int, last_epoch: int, pictures: int, ema, progress: TrainProgress | None,
                  best: BestCheckpoint, enabled: bool, meta: dict):
-        self.cfg = cfg
         self.detector = detector
-        self.priors = priors
+        self.data = data
+        self.postprocessor = postprocessor
         self.output_dir = output_dir
+        self.every = every
+        self.last_epoch = last_epoch
+        self.pictures = pictures
         self.ema = ema
         self.progress = progress
         self.best = best
-        self.enabled = enabled and cfg.train.eval_every > 0
+        self.enabled = enabled and every > 0
         self.meta = meta
 
     def due(self, epoch: int) -> bool:
-        every = self.cfg.train.eval_every
-        return self.enabled and (epoch % every == 0 or epoch == self.cfg.train.epochs)
+        return self.enabled and (epoch % self.every == 0 or epoch == self.last_epoch)
 
     def after_epoch(self, epoch: int, step: int) -> dict | None:
         """Evaluate if due; leaves the detector in inference mode (the caller returns to training)."""
@@ -140,8 +150,7 @@ class EvaluationHook:
             self.ema.swap()      # evaluate the averaged weights, as eval.py does on the checkpoint
         out_dir = os.path.join(self.output_dir, f"eval_epoch{epoch:04d}")
         try:
-            metrics = evaluate(self.cfg, self.detector, self.priors, out_dir=out_dir,
-                               draw=self.cfg.train.eval_pictures)
+            metrics = evaluate(self.detector, self.data, self.postprocessor, out_dir=out_dir, draw=self.pictures)
         finally:
             if self.ema is not None:
                 self.ema.swap()

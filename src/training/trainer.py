@@ -25,7 +25,7 @@ import mindspore as ms
 import numpy as np
 
 from m2det import winograd
-from src.builder import build_detector, build_priors
+from src.builder import build_detector, build_postprocessor, build_priors, eval_data_settings, train_data_settings
 from src.data.pipeline import create_train_dataset
 from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
@@ -201,7 +201,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
         start.epoch_step = 0
 
     # start_epoch makes a resumed run draw the same per-epoch orders as an uninterrupted one
-    dataset = create_train_dataset(cfg, priors, batch_size=tcfg.batch_size,
+    dataset = create_train_dataset(train_data_settings(cfg), priors, batch_size=tcfg.batch_size,
                                    num_shards=opts.group_size if opts.group_size > 1 else None,
                                    shard_id=opts.rank if opts.group_size > 1 else None, seed=tcfg.seed,
                                    start_epoch=start.completed_epochs)
@@ -303,9 +303,10 @@ def _train(cfg, opts: TrainOptions, stop: GracefulStop) -> dict:
                                            **run.model_entries))
     best = BestCheckpoint(os.path.join(opts.output_dir, f"{cfg.config_name}_best.ckpt"),
                           resumed=start.path is not None)
-    evaluation = EvaluationHook(cfg, run.detector, run.priors, opts.output_dir, ema=run.ema, progress=progress,
-                                best=best, enabled=run.is_main,
-                                meta=dict(config_name=cfg.config_name, **run.model_entries))
+    evaluation = EvaluationHook(run.detector, eval_data_settings(cfg, "val"), build_postprocessor(cfg, run.priors),
+                                opts.output_dir, every=tcfg.eval_every, last_epoch=tcfg.epochs,
+                                pictures=tcfg.eval_pictures, ema=run.ema, progress=progress, best=best,
+                                enabled=run.is_main, meta=dict(config_name=cfg.config_name, **run.model_entries))
     last, skipped = {}, start.skipped_steps
     iterator = run.dataset.create_tuple_iterator(num_epochs=max(tcfg.epochs - start.completed_epochs, 1))
     try:
