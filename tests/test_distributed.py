@@ -231,12 +231,13 @@ def test_usage_errors_are_reported_before_launching(tmp_path):
 
 def test_linear_lr_scaling_switch():
     from src.config import load_config
-    from src.training.lr_schedule import lr_scale_for, schedule_from_config
+    from src.training.trainer import learning_rates
 
     cfg = load_config(TINY, ["train.scale_lr=true", "train.base_batch_size=16"])
-    assert lr_scale_for(cfg.train, 4 * 8) == 2.0
-    np.testing.assert_allclose(schedule_from_config(cfg.train, 3, lr_scale_for(cfg.train, 32)), 0.02)
-    assert lr_scale_for(load_config(TINY).train, 64) == 1.0          # off by default
+    rates, scale = learning_rates(cfg.train, 3, 4 * 8)
+    assert scale == 2.0
+    np.testing.assert_allclose(rates, 0.02)
+    assert learning_rates(load_config(TINY).train, 3, 64)[1] == 1.0          # off by default
 
 
 def test_graceful_stop_turns_a_signal_into_a_request():

@@ -57,14 +57,15 @@ def test_cosine_and_linear_hand_computed():
 
 def test_schedule_kind_from_config():
     from src.config import load_config
-    from src.training.lr_schedule import schedule_from_config
+    from src.training.trainer import learning_rates
 
     cfg = load_config("configs/m2det_lite.yaml", ["train.lr_schedule=cosine", "train.min_lr_ratio=0.1",
+                                                  "train.scale_lr=true", "train.base_batch_size=32",
                                                   "train.warmup_epochs=0", "train.epochs=2"])
-    lr = schedule_from_config(cfg.train, steps_per_epoch=3, lr_scale=2.0)
+    lr, _ = learning_rates(cfg.train, steps_per_epoch=3, global_batch=64)
     peak = 2.0 * cfg.train.lr
     assert len(lr) == 6 and lr[0] == pytest.approx(peak) and lr[-1] == pytest.approx(0.1 * peak)
     assert np.all(np.diff(lr) < 0)
     bad = load_config("configs/m2det_lite.yaml", ["train.lr_schedule=poly"])
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
-        schedule_from_config(bad.train, steps_per_epoch=3)
+        learning_rates(bad.train, steps_per_epoch=3, global_batch=8)

@@ -74,33 +74,27 @@ ANNEALED_SHAPES = ("cosine", "linear")
 SCHEDULES = ("step",) + ANNEALED_SHAPES
 
 
-def lr_scale_for(train_cfg, global_batch: int) -> float:
-    """Linear scaling rule: `global_batch / train.base_batch_size` when `train.scale_lr`, else 1.
+def linear_scale(global_batch: int, base_batch_size: int) -> float:
+    """Linear scaling rule: the rate multiplier `global_batch / base_batch_size`.
 
-    `train.lr` (and the warmup target) is then the rate for a global batch of `base_batch_size`;
-    `warmup_start_lr` is not scaled. The M2Det authors report that a total batch above 32 loses
-    accuracy even with the rate scaled (REFERENCE 1.11), so more devices are best used with a smaller
-    per-device batch (docs/DISTRIBUTED.md).
+    The configured rate (and the warmup target) is then the rate for a global batch of
+    `base_batch_size`; the warmup start is not scaled. The M2Det authors report that a total
+    batch above 32 loses accuracy even with the rate scaled (REFERENCE 1.11), so more devices
+    are best used with a smaller per-device batch (docs/DISTRIBUTED.md).
     """
-    if not train_cfg.get("scale_lr", False):
-        return 1.0
-    base = int(train_cfg.get("base_batch_size", 32))
-    if base < 1:
-        raise ValueError(f"train.base_batch_size must be >= 1, got {base}")
-    return float(global_batch) / base
+    if base_batch_size < 1:
+        raise ValueError(f"train.base_batch_size must be >= 1, got {base_batch_size}")
+    return float(global_batch) / base_batch_size
 
 
-def schedule_from_config(train_cfg, steps_per_epoch: int, lr_scale: float = 1.0) -> np.ndarray:
-    """The per-step rates named by `train.lr_schedule` (step | cosine | linear)."""
-    kind = train_cfg.get("lr_schedule", "step")
+def lr_schedule(kind: str, *, lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float,
+                warmup_start_lr: float, lr_steps, lr_multipliers, min_lr_ratio: float = 0.0) -> np.ndarray:
+    """The per-step rates of schedule `kind` (step | cosine | linear)."""
     if kind not in SCHEDULES:
         raise ValueError(f"train.lr_schedule must be one of {SCHEDULES}, got {kind!r}")
     if kind != "step":
-        return annealed_lr_schedule(lr=train_cfg.lr * lr_scale, epochs=train_cfg.epochs,
-                                    steps_per_epoch=steps_per_epoch, shape=kind,
-                                    warmup_epochs=train_cfg.warmup_epochs,
-                                    warmup_start_lr=train_cfg.warmup_start_lr,
-                                    min_lr_ratio=float(train_cfg.get("min_lr_ratio", 0.0)))
-    return step_lr_schedule(lr=train_cfg.lr * lr_scale, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
-                            warmup_epochs=train_cfg.warmup_epochs, warmup_start_lr=train_cfg.warmup_start_lr,
-                            lr_steps=train_cfg.lr_steps, lr_multipliers=train_cfg.lr_multipliers)
+        return annealed_lr_schedule(lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, shape=kind,
+                                    warmup_epochs=warmup_epochs, warmup_start_lr=warmup_start_lr,
+                                    min_lr_ratio=min_lr_ratio)
+    return step_lr_schedule(lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=warmup_epochs,
+                            warmup_start_lr=warmup_start_lr, lr_steps=lr_steps, lr_multipliers=lr_multipliers)

@@ -35,7 +35,7 @@ from src.training.distributed import GracefulStop, weights_digest
 from src.training.ema import ModelEMA
 from src.training.hooks import BestCheckpoint, CheckpointHook, EvaluationHook
 from src.training.load_from import load_pretrained
-from src.training.lr_schedule import lr_scale_for, schedule_from_config
+from src.training.lr_schedule import linear_scale, lr_schedule
 from src.training.optimizer import build_optimizer
 from src.training.progress import TrainProgress
 from src.training.train_step import DetectorWithLoss, TrainStep
@@ -169,6 +169,16 @@ class TrainingRun:
         return ["loss"] + list(self.detector.head.loss_names)
 
 
+def learning_rates(train_cfg, steps_per_epoch: int, global_batch: int) -> tuple[np.ndarray, float]:
+    """(per-step rates, the linear-scaling multiplier) from the config's `train` section."""
+    scale = linear_scale(global_batch, int(train_cfg.base_batch_size)) if train_cfg.scale_lr else 1.0
+    rates = lr_schedule(train_cfg.lr_schedule, lr=train_cfg.lr * scale, epochs=train_cfg.epochs,
+                        steps_per_epoch=steps_per_epoch, warmup_epochs=train_cfg.warmup_epochs,
+                        warmup_start_lr=train_cfg.warmup_start_lr, lr_steps=train_cfg.lr_steps,
+                        lr_multipliers=train_cfg.lr_multipliers, min_lr_ratio=float(train_cfg.min_lr_ratio))
+    return rates, scale
+
+
 def build_run(cfg, opts: TrainOptions) -> TrainingRun:
     """Network, data, resume point or `load_from` weights, learning rates, optimizer, EMA, loss
     scale and the train step, in the order that makes a resumed run repeat an uninterrupted one."""
@@ -216,8 +226,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
         log.warning("global batch %d (%d x %d devices) > %d: the M2Det authors report a large AP loss above "
                     "32; see docs/DISTRIBUTED.md", global_batch, tcfg.batch_size, opts.group_size,
                     RECOMMENDED_MAX_GLOBAL_BATCH)
-    lr_scale = lr_scale_for(tcfg, global_batch)
-    lr = schedule_from_config(tcfg, steps_per_epoch, lr_scale)
+    lr, lr_scale = learning_rates(tcfg, steps_per_epoch, global_batch)
     if lr_scale != 1.0:
         log.info("learning rate scaled x%.3g for a global batch of %d (train.base_batch_size %d): peak %.3g",
                  lr_scale, global_batch, tcfg.base_batch_size, tcfg.lr * lr_scale)
