@@ -134,9 +134,9 @@ def class_names_for(info: ModelInfo, num_classes: int) -> Optional[list]:
     """The stored names, checked against the config's class count (None when none are stored)."""
     if info.classes is None:
         return None
-    if len(info.classes) != num_classes - 1:
+    if len(info.classes) != num_classes:
         raise ModelInfoError(f"{info.source} names {len(info.classes)} classes but the config has "
-                             f"{num_classes - 1} (model.num_classes {num_classes} includes the background)")
+                             f"model.num_classes={num_classes} (object classes, background not counted)")
     return info.names
 
 

@@ -210,7 +210,7 @@ def convert_m2det(pth_path: str, cfg, out: str) -> ConversionReport:
                               f"multibox head); this config has neck '{model.neck.name}' and head "
                               f"'{model.head.name}'")
     detector = build_detector(cfg)
-    name_map = m2det_release_map(shared_leach=cfg.model.neck.shared_leach)
+    name_map = m2det_release_map(shared_leach=cfg.model.neck.mlfpn.shared_leach)
     return _convert_into(detector, pth_path, name_map, out, "the network built from the config")
 
 

@@ -66,7 +66,7 @@ NOT_READ = (0, 0)     # orig_hw of an evaluation image that could not be read
 def build_reader(cfg, split: str = "train") -> CocoDetection:
     """The COCO reader for `split` ('train' or 'val') from cfg.data (root + relative paths).
 
-    Its categories must be the model's classes (model.num_classes - 1): checked here, before
+    Its categories must be the model's classes (model.num_classes): checked here, before
     any network is compiled.
     """
     data = cfg.data
@@ -329,7 +329,7 @@ def _train_encoder(cfg, priors, policy: InputPolicy) -> tuple[Callable, list]:
         raise ValueError("the multibox head has one fixed prior set: it needs data.resize_mode 'square' "
                          "and no data.train_sizes other than model.input_size")
     encoder = SSDTargetEncoder(np.asarray(priors.boxes(), dtype=np.float32), SSDBoxCoder(cfg.priors.variance),
-                               MaxIoUAssigner(pos_threshold=float(cfg.data.match_threshold)))
+                               MaxIoUAssigner(pos_threshold=float(cfg.model.head.multibox.match_threshold)))
     return _SizeFreeEncoder(encoder), TRAIN_COLUMNS
 
 

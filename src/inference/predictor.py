@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from src.builder import build_detector, build_output_decoder, build_priors, input_policy, is_dense
+from src.config_upgrade import sidecar_num_classes
 from src.data.resize import InputPolicy, TestInput
 from src.inference.fast_network import inference_network
 from src.postprocess import Detections, DetectionSettings, Postprocessor
@@ -75,8 +76,9 @@ def check_mindir_fits_config(cfg, path: str, meta: dict) -> None:
     shape = meta.get("input_shape")
     if shape is not None and list(shape[2:]) != canvas:
         problems.append(f"input {shape[2]}x{shape[3]} vs {canvas[0]}x{canvas[1]}")
-    if "num_classes" in meta and meta["num_classes"] != cfg.model.num_classes:
-        problems.append(f"model.num_classes {meta['num_classes']} vs {cfg.model.num_classes}")
+    recorded_classes = sidecar_num_classes(meta)
+    if recorded_classes is not None and recorded_classes != cfg.model.num_classes:
+        problems.append(f"model.num_classes {recorded_classes} vs {cfg.model.num_classes}")
     recorded = _recorded_priors(meta)
     if recorded is not None and not is_dense(cfg):
         expected = int(np.asarray(build_priors(cfg).boxes()).shape[0])
