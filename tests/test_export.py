@@ -28,10 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 RESNET_SFAM = f"""_base_: {os.path.join(ROOT, "tests", "configs", "lite256.yaml")}
 model:
-  num_classes: 5
+  num_classes: 4
   input_size: 128
   backbone: {{name: resnet50, width: 0.0625}}
-  neck: {{base_channels: [16, 32], planes: 32, num_levels: 2, num_scales: 4, shared_leach: false, sfam: true}}
+  neck: {{mlfpn: {{base_channels: [16, 32], planes: 32, num_levels: 2, num_scales: 4, shared_leach: false, sfam: true}}}}
 priors:
   steps: [8, 16, 32, 64]
   size_pattern: [0.1, 0.25, 0.45, 0.7, 0.95]
