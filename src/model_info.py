@@ -116,7 +116,8 @@ def read_sidecar(model_path: str) -> dict:
 
 
 def resolve_config(info: ModelInfo, config_path: Optional[str], overrides: Iterable[str] = ()) -> Config:
-    """--config when given, else the config stored with the model; an error naming both when neither."""
+    """--config when given, else the config stored with the model (upgraded when it predates the
+    current config_version, src/config_upgrade.py); an error naming both when neither."""
     if config_path:
         return load_config(config_path, overrides)
     if info.config_text is None:
