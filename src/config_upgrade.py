@@ -75,7 +75,7 @@ def _set_path(tree: dict, parts: list[str], value) -> None:
 
 
 def upgrade_stored_config(raw: dict) -> dict:
-    """A stored resolved config of any known version -> version 2 (a new dict; `raw` is untouched).
+    """A stored resolved config of any known version -> version 2 (`raw` itself is never modified).
 
     No `config_version`: version 1 (every file written before version 2). Its keys are moved
     (MOVED_KEYS) and its model.num_classes, which counted the background, is lowered by one.
