@@ -66,7 +66,7 @@ def bench_size(size: int, iters: int) -> dict:
                                     expand_max_ratio=cfg.data.expand_max_ratio,
                                     crop_require_all=cfg.data.crop_require_all)
     encoder = SSDTargetEncoder(priors, SSDBoxCoder(cfg.priors.variance),
-                               MaxIoUAssigner(cfg.data.match_threshold))
+                               MaxIoUAssigner(cfg.model.head.multibox.match_threshold))
     image, boxes, labels = test_scene()
 
     def one(rng):

@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         rows.append(source)
         pretrained = source["checkpoint"]
         print(json.dumps(source), flush=True)
-    num_classes = SIGNS_CLASSES + 1
+    num_classes = SIGNS_CLASSES
     runs = [("scratch", args.epochs, None), ("finetune", args.epochs, pretrained),
             ("finetune_half", max(1, args.epochs // 2), pretrained)]
     for name, epochs, load_from in runs:

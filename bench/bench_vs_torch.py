@@ -331,10 +331,10 @@ def run_cases(args, path: str) -> list[dict]:
 
     overrides = list(args.overrides)
     cfg = load_config(path, overrides)
-    if cfg.model.neck.get("tum_norm", "bn") != "bn":
+    if cfg.model.neck.mlfpn.get("tum_norm", "bn") != "bn":
         # the PyTorch reference's TUMs have BatchNorm (the release); compare that architecture
-        print(f"{path}: model.neck.tum_norm={cfg.model.neck.tum_norm} -> bn (the PyTorch reference's TUMs)")
-        overrides.append("model.neck.tum_norm=bn")
+        print(f"{path}: model.neck.mlfpn.tum_norm={cfg.model.neck.mlfpn.tum_norm} -> bn (the PyTorch reference's TUMs)")
+        overrides.append("model.neck.mlfpn.tum_norm=bn")
         cfg = load_config(path, overrides)
     rows = []
     if "forward" in args.cases:

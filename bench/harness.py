@@ -87,13 +87,14 @@ def reference_kwargs(cfg) -> dict:
                          f"not {model.neck.name} + {model.head.name}")
     if model.backbone.name not in ("vgg16", "resnet50", "resnet101"):
         raise ValueError(f"{cfg.config_name}: no PyTorch reference for backbone {model.backbone.name}")
-    neck = model.neck
+    neck = model.neck.mlfpn
     if neck.get("tum_norm", "bn") != "bn":
         raise ValueError(f"{cfg.config_name}: the PyTorch reference's TUMs use BatchNorm, this config has "
-                         f"model.neck.tum_norm={neck.tum_norm} (override it with model.neck.tum_norm=bn)")
+                         f"model.neck.mlfpn.tum_norm={neck.tum_norm} (override it with model.neck.mlfpn.tum_norm=bn)")
     return dict(backbone=model.backbone.name, width=model.backbone.width, planes=neck.planes,
                 num_levels=neck.num_levels, num_scales=neck.num_scales,
-                base_channels=tuple(neck.base_channels), num_classes=model.num_classes,
+                # the release's num_classes counts the background (its softmax columns)
+                base_channels=tuple(neck.base_channels), num_classes=model.num_classes + 1,
                 input_size=model.input_size, sfam=neck.sfam, shared_leach=neck.shared_leach)
 
 
@@ -193,7 +194,7 @@ def build_pair(cfg, seed: int = 0):
     randomize_batchnorm(detector, seed)
     detector.set_train(False)
     reference = build_reference(cfg, build_priors(cfg).num_anchors(), "test").eval()
-    copy_weights_to_reference(detector, reference, cfg.model.neck.shared_leach)
+    copy_weights_to_reference(detector, reference, cfg.model.neck.mlfpn.shared_leach)
     return detector, reference
 
 
@@ -225,7 +226,8 @@ def synthetic_targets(cfg, batch_size: int, seed: int = 0) -> tuple[np.ndarray, 
     from src.data.targets import SSDTargetEncoder
 
     priors = build_priors(cfg).boxes()
-    encoder = SSDTargetEncoder(priors, SSDBoxCoder(cfg.priors.variance), MaxIoUAssigner(cfg.data.match_threshold))
+    encoder = SSDTargetEncoder(priors, SSDBoxCoder(cfg.priors.variance),
+                               MaxIoUAssigner(cfg.model.head.multibox.match_threshold))
     rng = np.random.default_rng(seed)
     locs, confs = [], []
     for _ in range(batch_size):
@@ -233,7 +235,7 @@ def synthetic_targets(cfg, batch_size: int, seed: int = 0) -> tuple[np.ndarray, 
         centre = rng.uniform(0.2, 0.8, (n, 2))
         half = rng.uniform(0.05, 0.3, (n, 2))
         boxes = np.clip(np.hstack([centre - half, centre + half]), 0, 1).astype(np.float32)
-        labels = rng.integers(0, cfg.model.num_classes - 1, n)
+        labels = rng.integers(0, cfg.model.num_classes, n)
         loc_t, conf_t = encoder(boxes, labels)
         locs.append(loc_t)
         confs.append(conf_t)
@@ -289,8 +291,8 @@ class TorchTrainStep:
                                           {"params": no_decay, "weight_decay": 0.0}],
                                          lr=1e-4, momentum=tcfg.momentum)
         self.clip = float(tcfg.clip_grad_norm)
-        self.neg_pos_ratio = int(tcfg.neg_pos_ratio)
-        self.empty_image_negatives = int(tcfg.empty_image_negatives)
+        self.neg_pos_ratio = int(cfg.model.head.multibox.neg_pos_ratio)
+        self.empty_image_negatives = int(cfg.model.head.multibox.empty_image_negatives)
 
     def __call__(self, images, loc_t, conf_t):
         import torch

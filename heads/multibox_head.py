@@ -13,16 +13,17 @@ from heads.utils import flatten_levels
 
 
 class MultiBoxHead(nn.Cell):
-    """Per level: loc = Conv3x3(ch -> A*4), conf = Conv3x3(ch -> A*num_classes) (REFERENCE 1.6).
+    """Per level: loc = Conv3x3(ch -> A*4), conf = Conv3x3(ch -> A*(num_classes + 1)) (REFERENCE 1.6).
 
     `construct(features)` takes the neck's maps (in `in_levels` order) and returns
-    loc (B, P, 4) (SSD offsets, see heads.box_coder.SSDBoxCoder) and conf (B, P, num_classes)
-    raw logits, class 0 = background; P = sum over levels of H * W * A, ordered as the priors.
+    loc (B, P, 4) (SSD offsets, see heads.box_coder.SSDBoxCoder) and conf (B, P, num_classes + 1)
+    raw logits, column 0 = background and class label L in column L + 1 (heads/labels.py);
+    P = sum over levels of H * W * A, ordered as the priors.
 
     Args:
         in_levels: [(channels, stride)] of the input maps, e.g. the neck's `output_levels`.
         num_anchors: anchors (priors) per cell for each level (SSDPriors.num_anchors()).
-        num_classes: classes including background.
+        num_classes: object classes C, background not counted (the softmax has C + 1 columns).
         neg_pos_ratio, empty_image_negatives: hard-negative mining of the loss
             (heads/losses/multibox_loss.py).
 
@@ -36,12 +37,13 @@ class MultiBoxHead(nn.Cell):
         if len(num_anchors) != len(in_levels):
             raise ValueError(f"MultiBoxHead: {len(in_levels)} input levels but num_anchors has "
                              f"{len(num_anchors)} entries {list(num_anchors)}")
-        if num_classes < 2:
-            raise ValueError(f"MultiBoxHead needs num_classes >= 2 (background + 1), got {num_classes}")
+        if num_classes < 1:
+            raise ValueError(f"MultiBoxHead needs num_classes >= 1 (object classes), got {num_classes}")
         self.loc_convs = nn.CellList([self._conv(ch, a * 4) for (ch, _), a in zip(in_levels, num_anchors)])
-        self.conf_convs = nn.CellList([self._conv(ch, a * num_classes)
+        self.num_classes = int(num_classes)
+        self.num_columns = self.num_classes + 1     # column 0 is background (heads/labels.py)
+        self.conf_convs = nn.CellList([self._conv(ch, a * self.num_columns)
                                        for (ch, _), a in zip(in_levels, num_anchors)])
-        self.num_classes = num_classes
         self.num_anchors = tuple(num_anchors)
         self.num_levels = len(in_levels)
         self.softmax = nn.Softmax(axis=-1)
@@ -59,10 +61,10 @@ class MultiBoxHead(nn.Cell):
         for i in range(self.num_levels):
             loc += (self.loc_convs[i](features[i]),)
             conf += (self.conf_convs[i](features[i]),)
-        return flatten_levels(loc, 4), flatten_levels(conf, self.num_classes)
+        return flatten_levels(loc, 4), flatten_levels(conf, self.num_columns)
 
     def predict(self, outputs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """Inference outputs: loc offsets (B, P, 4) and softmax class scores (B, P, C)."""
+        """Inference outputs: loc offsets (B, P, 4) and softmax scores (B, P, C + 1), column 0 background."""
         loc, conf = outputs
         return loc, self.softmax(conf)
 

@@ -105,7 +105,7 @@ def _backbone_sizes(cfg, input_hw) -> list[tuple[int, int]]:
 
 def _fpn_sizes(cfg, backbone_sizes) -> list[tuple[int, int]]:
     # the arithmetic of m2det.necks.fpn.FPN.output_sizes, without building the cell
-    neck = cfg.model.neck
+    neck = cfg.model.neck.fpn
     sizes = [tuple(s) for s in backbone_sizes[neck.start_level:]]
     while len(sizes) < neck.num_outs:
         h, w = sizes[-1]
@@ -118,7 +118,7 @@ def head_feature_sizes(cfg, input_hw) -> list[tuple[int, int]]:
     backbone = _backbone_sizes(cfg, to_pair(input_hw))
     if cfg.model.neck.name == "fpn":
         return _fpn_sizes(cfg, backbone)
-    return MLFPN.scale_sizes(backbone[0], cfg.model.neck.num_scales)
+    return MLFPN.scale_sizes(backbone[0], cfg.model.neck.mlfpn.num_scales)
 
 
 def _raw_feature_map_sizes(cfg) -> list[int]:
@@ -135,9 +135,9 @@ def _check_fpn(cfg) -> None:
     if model.head.name == "multibox":
         raise ValueError("the multibox (SSD) head runs on the mlfpn neck only; use a dense head "
                          f"({', '.join(DENSE_HEADS)}) with the fpn neck")
-    neck = model.neck
+    neck = model.neck.fpn
     if not 0 <= neck.start_level < len(FPN_RESNET_OUT_LAYERS) or neck.num_outs < 1:
-        raise ValueError(f"model.neck.start_level {neck.start_level} / num_outs {neck.num_outs} do not fit "
+        raise ValueError(f"model.neck.fpn.start_level {neck.start_level} / num_outs {neck.num_outs} do not fit "
                          f"the {len(FPN_RESNET_OUT_LAYERS)} backbone levels C3-C5")
 
 
@@ -147,8 +147,8 @@ def check_config(cfg) -> None:
     _check_name("backbone", model.backbone.name, BACKBONES)
     _check_name("neck", model.neck.name, NECKS)
     _check_name("head", model.head.name, HEADS)
-    if model.num_classes < 2:
-        raise ValueError(f"model.num_classes must be >= 2 (background + at least one class), "
+    if model.num_classes < 1:
+        raise ValueError(f"model.num_classes must be >= 1 (the object classes, background not counted), "
                          f"got {model.num_classes}")
     if model.neck.name == "fpn":
         _check_fpn(cfg)
@@ -156,9 +156,9 @@ def check_config(cfg) -> None:
         if min(maps) < 1:
             raise ValueError(f"model.input_size {model.input_size} is too small for the FPN levels {maps}")
         return
-    n = model.neck.num_scales
+    n = model.neck.mlfpn.num_scales
     if n < 2:
-        raise ValueError(f"model.neck.num_scales must be >= 2, got {n}")
+        raise ValueError(f"model.neck.mlfpn.num_scales must be >= 2, got {n}")
     problems = []
     if len(priors.steps) != n:
         problems.append(f"priors.steps has {len(priors.steps)} values {list(priors.steps)}")
@@ -169,7 +169,7 @@ def check_config(cfg) -> None:
             problems.append(f"priors.size_pattern has {len(priors.size_pattern)} values "
                             f"{list(priors.size_pattern)} (needs num_scales + 1 = {n + 1})")
     if problems:
-        raise ValueError(f"prior config does not match model.neck.num_scales = {n}: " + "; ".join(problems))
+        raise ValueError(f"prior config does not match model.neck.mlfpn.num_scales = {n}: " + "; ".join(problems))
 
     size = model.input_size
     maps = _raw_feature_map_sizes(cfg)
@@ -193,7 +193,8 @@ def head_strides(cfg, neck_levels=None) -> list[int]:
     """Anchor stride of every head level: the prior steps on MLFPN, the neck's strides on FPN."""
     if cfg.model.neck.name == "mlfpn":
         return [int(round(s)) for s in cfg.priors.steps]
-    strides = [8 * 2 ** (cfg.model.neck.start_level + i) for i in range(cfg.model.neck.num_outs)]
+    fpn = cfg.model.neck.fpn
+    strides = [8 * 2 ** (fpn.start_level + i) for i in range(fpn.num_outs)]
     if neck_levels is not None:
         strides = [int(s) for _, s in neck_levels]
     return strides
@@ -248,8 +249,8 @@ def reader_settings(cfg, split: str = "train") -> ReaderSettings:
 
 
 def train_data_settings(cfg) -> TrainDataSettings:
-    """What the training pipeline is made of (src/data/settings.py), from `data:`, `train.seed`
-    and `priors.variance`."""
+    """What the training pipeline is made of (src/data/settings.py), from `data:`, `train.seed`,
+    `priors.variance` and the multibox head's `match_threshold`."""
     data = cfg.data
     augmentation = Augmentation(enabled=bool(data.augment), expand_prob=float(data.get("expand_prob", 0.6)),
                                 expand_max_ratio=float(data.get("expand_max_ratio", 4.0)),
@@ -257,7 +258,7 @@ def train_data_settings(cfg) -> TrainDataSettings:
     return TrainDataSettings(reader=reader_settings(cfg, "train"), policy=input_policy(cfg),
                              mean=tuple(float(v) for v in data.mean), std=_std(data),
                              rgb=bool(data.get("rgb", False)), augmentation=augmentation,
-                             match_threshold=float(data.match_threshold),
+                             match_threshold=float(cfg.model.head.multibox.match_threshold),
                              variance=tuple(float(v) for v in cfg.priors.variance), seed=int(cfg.train.seed),
                              num_workers=int(data.num_workers))
 
@@ -298,11 +299,12 @@ def build_backbone(cfg):
 
 
 def build_neck(cfg, in_levels):
-    neck = cfg.model.neck
-    if neck.name == "fpn":
+    if cfg.model.neck.name == "fpn":
+        neck = cfg.model.neck.fpn
         extra = neck.add_extra_convs if neck.add_extra_convs not in ("", "none") else False
         return FPN(in_levels, out_channels=neck.out_channels, num_outs=neck.num_outs, start_level=neck.start_level,
                    add_extra_convs=extra, relu_before_extra_convs=neck.relu_before_extra_convs)
+    neck = cfg.model.neck.mlfpn
     return MLFPN(in_levels, base_channels=list(neck.base_channels), planes=neck.planes,
                  num_levels=neck.num_levels, num_scales=neck.num_scales, shared_ffm2=neck.shared_leach,
                  sfam=neck.sfam, sfam_reduction=neck.sfam_reduction, tum_norm=neck.tum_norm)
@@ -314,19 +316,18 @@ def build_head(cfg, neck_levels, priors=None):
     if head.name == "multibox":
         priors = priors if priors is not None else build_priors(cfg)
         return MultiBoxHead(neck_levels, priors.num_anchors(), model.num_classes,
-                            neg_pos_ratio=cfg.train.neg_pos_ratio,
-                            empty_image_negatives=cfg.train.empty_image_negatives)
+                            neg_pos_ratio=head.multibox.neg_pos_ratio,
+                            empty_image_negatives=head.multibox.empty_image_negatives)
     levels = [(c, s) for (c, _), s in zip(neck_levels, head_strides(cfg, None if model.neck.name == "mlfpn"
                                                                      else neck_levels))]
-    num_classes = model.num_classes - 1          # sigmoid heads: foreground classes only
-    options = dict(feat_channels=head.feat_channels, nms_pre=cfg.test.nms_pre)
-    if head.stacked_convs >= 0:                  # -1: the head's own default
-        options["stacked_convs"] = head.stacked_convs
+    options = dict(feat_channels=head.dense.feat_channels, nms_pre=cfg.test.nms_pre)
+    if head.dense.stacked_convs >= 0:            # -1: the head's own default
+        options["stacked_convs"] = head.dense.stacked_convs
     if head.name == "umop":
         options["cls_loss"] = "progressive_focal"
     if head.name == "gfl":
-        options["reg_max"] = head.reg_max
-    return DENSE_HEAD_CLASSES[head.name](levels, num_classes, **options)
+        options["reg_max"] = head.gfl.reg_max
+    return DENSE_HEAD_CLASSES[head.name](levels, model.num_classes, **options)
 
 
 def build_detector(cfg) -> Detector:

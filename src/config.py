@@ -6,7 +6,7 @@ a key that is not in it is an error, and a value whose type differs from the
 default's type is an error. Both messages name the key and the file that set it.
 
     cfg = load_config("configs/m2det320_vgg.yaml", overrides=["train.epochs=2"])
-    cfg.model.neck.num_levels   # attribute access
+    cfg.model.neck.mlfpn.num_levels   # attribute access
     cfg["train"]["lr"]          # or plain dict access
 
 No Python is ever executed from a config: files are read with `yaml.safe_load`
@@ -20,6 +20,8 @@ import re
 from typing import Any, Iterable
 
 import yaml
+
+from src.config_upgrade import CONFIG_VERSION, NUM_CLASSES_NOTE, VERSION_KEY, moved_key_message, upgrade_stored_config
 
 BASE_KEY = "_base_"
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -144,6 +146,9 @@ def _merge(base: dict, child: dict, source: str, schema: dict | None, prefix: st
             continue
         full = f"{prefix}{key}"
         if schema is not None and key not in schema:
+            moved = moved_key_message(full)
+            if moved is not None:
+                raise ConfigError(f"{source}: {moved}")
             known = ", ".join(sorted(schema)) or "(none)"
             raise ConfigError(f"{source}: unknown key '{full}' (known keys here: {known})")
         sub_schema = schema.get(key) if schema is not None else None
@@ -209,6 +214,11 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
     schema = load_schema()
     cfg = _merge(schema, _load_chain(path, schema), path, schema)
     cfg = apply_overrides(cfg, overrides, schema)
+    if cfg.get(VERSION_KEY) != CONFIG_VERSION:
+        # files are not upgraded (their num_classes may or may not count the background)
+        raise ConfigError(f"{path}: {VERSION_KEY} {cfg.get(VERSION_KEY)!r}: config files must be version "
+                          f"{CONFIG_VERSION} (configs/base.yaml); {NUM_CLASSES_NOTE}, and the neck and head keys "
+                          "moved into their own sections (README, \"Configs\")")
     cfg = _to_config(cfg)
     cfg["config_name"] = os.path.splitext(os.path.basename(path))[0]
     return cfg
@@ -216,9 +226,14 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
 
 def config_from_dict(data: dict, name: str, overrides: Iterable[str] = (), source: str = "stored config") -> Config:
     """A config from an already resolved mapping (as stored in a checkpoint or an export sidecar),
-    checked against the schema like a file; `name` becomes `config_name`."""
+    checked against the schema like a file; `name` becomes `config_name`. A config stored before
+    the current `config_version` is upgraded first (src/config_upgrade.py)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the stored config must be a mapping, got {type(data).__name__}")
+    try:
+        data = upgrade_stored_config(data)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     data = {k: v for k, v in data.items() if k != "config_name"}
     schema = load_schema()
     cfg = apply_overrides(_merge(schema, data, source, schema), overrides, schema)

@@ -116,7 +116,8 @@ def read_sidecar(model_path: str) -> dict:
 
 
 def resolve_config(info: ModelInfo, config_path: Optional[str], overrides: Iterable[str] = ()) -> Config:
-    """--config when given, else the config stored with the model; an error naming both when neither."""
+    """--config when given, else the config stored with the model (upgraded when it predates the
+    current config_version, src/config_upgrade.py); an error naming both when neither."""
     if config_path:
         return load_config(config_path, overrides)
     if info.config_text is None:
@@ -134,9 +135,9 @@ def class_names_for(info: ModelInfo, num_classes: int) -> Optional[list]:
     """The stored names, checked against the config's class count (None when none are stored)."""
     if info.classes is None:
         return None
-    if len(info.classes) != num_classes - 1:
+    if len(info.classes) != num_classes:
         raise ModelInfoError(f"{info.source} names {len(info.classes)} classes but the config has "
-                             f"{num_classes - 1} (model.num_classes {num_classes} includes the background)")
+                             f"model.num_classes={num_classes} (object classes, background not counted)")
     return info.names
 
 

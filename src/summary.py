@@ -1,6 +1,6 @@
 """Model summary: parameters, priors, FLOPs and head input shapes of a config.
 
-    python -m src.summary --config configs/m2det320_vgg.yaml [--set model.num_classes=21 ...]
+    python -m src.summary --config configs/m2det320_vgg.yaml [--set model.num_classes=20 ...]
     python -m src.summary --markdown configs/m2det320_vgg.yaml configs/m2det512_vgg.yaml
 
 The first form prints one JSON object; the second a markdown table for the README.

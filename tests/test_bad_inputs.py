@@ -99,15 +99,18 @@ def test_zero_byte_and_missing_images_are_skipped_with_their_reason(data_dir, tm
 
 # ---------------------------------------------------------------------- categories vs model.num_classes
 
-@pytest.mark.parametrize("num_classes", [4, 9])
+@pytest.mark.parametrize("num_classes", [4, 6, 9])
 def test_categories_must_match_num_classes(data_dir, num_classes):
     cfg = load_config(TINY, [f"data.root={data_dir}", f"model.num_classes={num_classes}"])
     with pytest.raises(ValueError) as info:
         build_reader(reader_settings(cfg, "val"))
     message = str(info.value)
     assert "instances_val.json has 5 categories" in message
-    assert "model.num_classes must be 6 (5 categories + background)" in message
-    assert f"model.num_classes={num_classes}" in message
+    assert "model.num_classes must be 5 (the object classes, background not counted)" in message
+    assert f"model.num_classes={num_classes}" in message and "--set model.num_classes=5 " in message
+    # 6 is what a config written before config_version 2 said for 5 categories
+    assert ("configs before config_version 2 counted the background" in message) == (num_classes == 6)
+    assert build_reader(reader_settings(load_config(TINY, [f"data.root={data_dir}"]), "val")).num_classes == 5
 
 
 def test_train_cli_checks_categories_before_training(data_dir, tmp_path, capsys):

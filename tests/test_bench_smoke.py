@@ -130,7 +130,7 @@ def test_torch_loss_matches_the_project_loss():
     loc_t, conf_t = harness.synthetic_targets(cfg, 2, seed=1)
     conf_t[1] = 0                                         # an image without objects
     loc = rng.normal(0, 1, loc_t.shape).astype(np.float32)
-    conf = rng.normal(0, 2, loc_t.shape[:2] + (cfg.model.num_classes,)).astype(np.float32)
+    conf = rng.normal(0, 2, loc_t.shape[:2] + (cfg.model.num_classes + 1,)).astype(np.float32)
     expected = multibox_loss(ms.Tensor(loc), ms.Tensor(conf), ms.Tensor(loc_t), ms.Tensor(conf_t), 3, 8)
     got = harness.torch_multibox_loss(torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(loc_t),
                                       torch.from_numpy(conf_t).long(), 3, 8)

@@ -98,7 +98,7 @@ def test_switch_reaches_reader_nms_and_results(tmp_path):
     ann, images = write_dataset(tmp_path)
     for name, on in (("m2det512_vgg", True), ("atss_r50_fpn_1x", False)):
         cfg = cfg_of(name, f"data.root={tmp_path}", "data.train_ann=ann.json", "data.train_images=images",
-                     "model.num_classes=2")
+                     "model.num_classes=1")
         reader = build_reader(reader_settings(cfg, "train"))
         assert reader.pixel_offset is on and detection_settings(cfg).as_kwargs()["pixel_offset"] is on
         # reading then writing a GT box gives back its COCO bbox in either convention

@@ -163,10 +163,10 @@ def test_release_resnet_sfam_per_level_leach(tmp_path, capsys):
     cfg_file = tmp_path / "resnet_sfam.yaml"
     cfg_file.write_text(f"""_base_: {LITE}
 model:
-  num_classes: 5
+  num_classes: 4
   input_size: 128
   backbone: {{name: resnet50, width: 0.0625}}
-  neck: {{base_channels: [16, 32], planes: 32, num_levels: 3, num_scales: 4, shared_leach: false, sfam: true}}
+  neck: {{mlfpn: {{base_channels: [16, 32], planes: 32, num_levels: 3, num_scales: 4, shared_leach: false, sfam: true}}}}
 priors:
   steps: [8, 16, 32, 64]
   size_pattern: [0.1, 0.25, 0.45, 0.7, 0.95]
@@ -217,12 +217,15 @@ def test_shape_mismatch_is_refused_with_the_tensors_listed(tmp_path, capsys):
     pth = tmp_path / "lite.pth"
     torch.save(lite_reference().state_dict(), pth)
     out = tmp_path / "x.ckpt"
-    code = convert.main(["--torch_ckpt", str(pth), "--config", LITE, "--set", "model.num_classes=3",
+    code = convert.main(["--torch_ckpt", str(pth), "--config", LITE, "--set", "model.num_classes=2",
                          "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and not out.exists()
     assert "shape mismatches (10)" in err   # conf.0..4 weight and bias
     assert "conf.0.weight -> head.conf_convs.0.weight: file (36, 256, 3, 3) vs network (18, 256, 3, 3)" in err
+    # 36 = 6 anchors x 6 columns: the release's num_classes 6 counts the background
+    assert ("hint: the file's conf layers predict 6 softmax columns per prior (background + 5 classes): "
+            "set model.num_classes=5 (the object classes; the config has 2)") in err
 
 
 def test_missing_and_unmapped_keys_are_reported():

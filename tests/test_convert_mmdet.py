@@ -29,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"retina": "retinanet_r50_fpn_1x.yaml", "atss": "atss_r50_fpn_1x.yaml", "umop": "umop_r50_fpn_1.5x.yaml",
            "gfl": "gfl_r50_fpn_1x.yaml", "vfnet": "vfnet_r50_fpn_1x.yaml"}
 # 3 foreground classes, C3-C5 of 64/128/256 channels, 16-channel FPN and towers of 2 convs
-TINY = ["model.input_size=64", "model.num_classes=4", "model.backbone.width=0.125", "model.neck.out_channels=16",
-        "model.head.feat_channels=16", "model.head.stacked_convs=2"]
+TINY = ["model.input_size=64", "model.num_classes=3", "model.backbone.width=0.125", "model.neck.fpn.out_channels=16",
+        "model.head.dense.feat_channels=16", "model.head.dense.stacked_convs=2"]
 DCN_C5 = ["model.backbone.dcn_stages=[false,false,false,true]"]     # DCNv2 in layer4
 RESNETS = {"resnet50": (50, 1, 64), "resnext101_32x4d": (101, 32, 4), "resnext101_64x4d": (101, 64, 4)}
 BN_LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -135,11 +135,12 @@ class MMDetDetector(nn.Module):
         self.backbone = ref.ResNet(depth, (1, 2, 2, 2), m.backbone.width, groups, wpg,
                                    [bool(d) for d in m.backbone.dcn_stages])
         c3_c5 = [int(round(64 * 2 ** i * m.backbone.width)) * 4 for i in (1, 2, 3)]
-        self.neck = MMDetFPN(c3_c5, m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs == "on_input")
-        stacked = stacked_convs or (m.head.stacked_convs if m.head.stacked_convs >= 0 else
+        fpn, dense = m.neck.fpn, m.head.dense
+        self.neck = MMDetFPN(c3_c5, fpn.out_channels, fpn.num_outs, fpn.add_extra_convs == "on_input")
+        stacked = stacked_convs or (dense.stacked_convs if dense.stacked_convs >= 0 else
                                     {"vfnet": 3}.get(m.head.name, 4))
-        self.bbox_head = MMDetHead(m.head.name, m.neck.out_channels, m.head.feat_channels, stacked,
-                                   m.num_classes - 1, m.neck.num_outs, m.head.reg_max, dcn_on_last_conv)
+        self.bbox_head = MMDetHead(m.head.name, fpn.out_channels, dense.feat_channels, stacked,
+                                   m.num_classes, fpn.num_outs, m.head.gfl.reg_max, dcn_on_last_conv)
 
 
 def random_state(model: nn.Module, seed: int = 0) -> dict:
@@ -262,7 +263,7 @@ def test_shape_mismatch_is_an_error_and_writes_nothing(tmp_path, capsys):
     """A file trained for 4 classes into a 3-class config."""
     path, overrides, cfg = tiny("atss")
     pth, out = tmp_path / "atss.pth", tmp_path / "atss.ckpt"
-    torch.save({"state_dict": mmdet_state(tiny("atss", ["model.num_classes=5"])[2]), "meta": META}, pth)
+    torch.save({"state_dict": mmdet_state(tiny("atss", ["model.num_classes=4"])[2]), "meta": META}, pth)
     code = convert.main(["--mmdet_ckpt", str(pth), "--config", path, "--set", *overrides, "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and os.listdir(tmp_path) == ["atss.pth"]
@@ -277,7 +278,7 @@ def test_shape_mismatch_is_an_error_and_writes_nothing(tmp_path, capsys):
     ("gfl", [], {}, DCN_C5, "missing (6): backbone.layer4.0.conv2.conv_offset.weight",
      "the network has deformable conv2 in layer4 where the file has plain convs"),
     ("atss", [], {"stacked_convs": 3}, [], "bbox_head.cls_convs.2.conv.weight",
-     "more tower convs: model.head.stacked_convs"),
+     "more tower convs: model.head.dense.stacked_convs"),
     ("vfnet", [], {"dcn_on_last_conv": True}, [], "bbox_head.cls_convs.1.conv.conv_offset.weight",
      "dcn_on_last_conv=True"),
 ])

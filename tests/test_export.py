@@ -28,10 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 RESNET_SFAM = f"""_base_: {os.path.join(ROOT, "tests", "configs", "lite256.yaml")}
 model:
-  num_classes: 5
+  num_classes: 4
   input_size: 128
   backbone: {{name: resnet50, width: 0.0625}}
-  neck: {{base_channels: [16, 32], planes: 32, num_levels: 2, num_scales: 4, shared_leach: false, sfam: true}}
+  neck: {{mlfpn: {{base_channels: [16, 32], planes: 32, num_levels: 2, num_scales: 4, shared_leach: false, sfam: true}}}}
 priors:
   steps: [8, 16, 32, 64]
   size_pattern: [0.1, 0.25, 0.45, 0.7, 0.95]
@@ -180,6 +180,8 @@ def test_mindir_graphcell_matches_network(tiny, tmp_path):
     assert out.exists() and meta["input_shape"] == [2, 3, 128, 128] and not meta["with_decode"]
     assert max(meta["max_relative_error"].values()) <= 1e-4
     assert json.loads((tmp_path / "tiny.mindir.json").read_text())["output_shapes"] == [[2, 1520, 4], [2, 1520, 6]]
+    # 5 object classes + the background column; the description says which num_classes it means
+    assert meta["num_classes"] == 5 and meta["config_version"] == 2
     x = images(2, seed=5)
     cell = nn.GraphCell(ms.load(str(out)))
     assert_close(outputs(detector, x), [o.asnumpy() for o in cell(ms.Tensor(x))])

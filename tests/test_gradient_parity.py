@@ -19,7 +19,7 @@ from src.builder import build_detector
 from src.config import load_config
 from tests.test_torch_parity import copy_to_torch, our_name, randomize
 
-SMALL_LITE = ["model.input_size=128", "model.neck.num_scales=4", "priors.steps=[8,16,32,64]",
+SMALL_LITE = ["model.input_size=128", "model.neck.mlfpn.num_scales=4", "priors.steps=[8,16,32,64]",
               "priors.size_pattern=[0.1,0.3,0.5,0.7,0.9]", "priors.aspect_ratios=[[2],[2],[2],[2]]"]
 
 

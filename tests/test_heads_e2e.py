@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory):
 
 def tiny_cfg(data_dir, head, *extra):
     return load_config(TINY, [f"data.root={data_dir}", "data.augment=false", f"model.head.name={head}",
-                              "model.head.feat_channels=16", "model.head.stacked_convs=1", *DENSE_TEST, *extra])
+                              "model.head.dense.feat_channels=16", "model.head.dense.stacked_convs=1", *DENSE_TEST, *extra])
 
 
 def level_anchors(detector, images, num_levels):
@@ -81,8 +81,8 @@ def test_head_on_resnet_fpn(data_dir, head, extra_convs):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
     cfg = tiny_cfg(data_dir, head, "model.backbone.name=resnet50", "model.backbone.width=0.125",
-                   "model.neck.name=fpn", "model.neck.out_channels=16", f"model.neck.add_extra_convs={extra_convs}",
-                   f"model.neck.relu_before_extra_convs={str(head == 'vfnet').lower()}",
+                   "model.neck.name=fpn", "model.neck.fpn.out_channels=16", f"model.neck.fpn.add_extra_convs={extra_convs}",
+                   f"model.neck.fpn.relu_before_extra_convs={str(head == 'vfnet').lower()}",
                    "model.backbone.dcn_stages=[false, true, true, true]" if head == "vfnet" else "data.augment=false",
                    "data.resize_mode=keep_ratio", "model.input_size=64", "data.max_size=96")
     detector = build_detector(cfg)
@@ -98,7 +98,7 @@ def test_head_on_resnet_fpn(data_dir, head, extra_convs):
     assert all(np.isfinite(float(p.asnumpy())) for p in parts) and float(parts[0].asnumpy()) > 0
     detector.set_train(False)
     pred_boxes, scores = detector(images)
-    assert pred_boxes.shape[:2] == scores.shape[:2] and scores.shape[2] == cfg.model.num_classes - 1
+    assert pred_boxes.shape[:2] == scores.shape[:2] and scores.shape[2] == cfg.model.num_classes
 
 
 def run_script(script, *args):
@@ -110,7 +110,7 @@ def run_script(script, *args):
 
 def test_train_and_eval_scripts_with_a_dense_head(data_dir, tmp_path):
     out = str(tmp_path / "gfl")
-    sets = ["--set", "model.head.name=gfl", "model.head.feat_channels=16", "model.head.stacked_convs=1",
+    sets = ["--set", "model.head.name=gfl", "model.head.dense.feat_channels=16", "model.head.dense.stacked_convs=1",
             *DENSE_TEST]
     code, log = run_script("train.py", "--config", TINY, "--data_dir", data_dir, "--output_dir", out,
                            "--device_target", "CPU", "--epochs", "1", *sets)

@@ -121,15 +121,15 @@ def test_json_entry():
 
 
 def test_class_names(tmp_path):
-    assert load_class_names(3) == ["class_0", "class_1"]
+    assert load_class_names(2) == ["class_0", "class_1"]
     txt = tmp_path / "names.txt"
     txt.write_text("cat\n\ndog\n")
-    assert load_class_names(3, names_file=str(txt)) == ["cat", "dog"]
+    assert load_class_names(2, names_file=str(txt)) == ["cat", "dog"]
     ann = tmp_path / "instances.json"
     ann.write_text(json.dumps({"categories": [{"id": 7, "name": "dog"}, {"id": 2, "name": "cat"}]}))
-    assert load_class_names(3, ann_file=str(ann)) == ["cat", "dog"]
-    with pytest.raises(NamesError, match="names 2 classes but the config has 5"):
-        load_class_names(6, names_file=str(txt))
+    assert load_class_names(2, ann_file=str(ann)) == ["cat", "dog"]
+    with pytest.raises(NamesError, match=r"names 2 classes but the config has model\.num_classes=5"):
+        load_class_names(5, names_file=str(txt))
 
 
 def test_infer_cli_folder_with_an_unreadable_image(model, image_dir, tmp_path, capsys):

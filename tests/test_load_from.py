@@ -22,9 +22,9 @@ from tests.test_convert_mmdet import mmdet_state, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
-DENSE = ["model.head.feat_channels=16", "model.head.stacked_convs=1"]
+DENSE = ["model.head.dense.feat_channels=16", "model.head.dense.stacked_convs=1"]
 FPN = ["model.backbone.name=resnet50", "model.backbone.width=0.125", "model.neck.name=fpn",
-       "model.neck.out_channels=16", "data.resize_mode=keep_ratio", "model.input_size=64", "data.max_size=96"]
+       "model.neck.fpn.out_channels=16", "data.resize_mode=keep_ratio", "model.input_size=64", "data.max_size=96"]
 # (head, extra overrides, class-dependent parameter names of the network)
 CASES = [
     ("multibox", [], [f"head.conf_convs.{i}.{k}" for i in range(4) for k in ("weight", "bias")]),
@@ -54,11 +54,11 @@ def perturbed_checkpoint(detector, path):
 @pytest.mark.parametrize("head,extra,expected", CASES, ids=IDS)
 def test_load_from_another_class_count(tmp_path, head, extra, expected):
     ms.set_seed(0)
-    source = build_detector(config(head, extra, 9))            # 8 classes, e.g. a pretrained model
+    source = build_detector(config(head, extra, 8))            # 8 classes, e.g. a pretrained model
     path = perturbed_checkpoint(source, str(tmp_path / "source.ckpt"))
     params = read_checkpoint(path)
 
-    cfg = config(head, extra, 5)                                # 4 classes of one's own
+    cfg = config(head, extra, 4)                                # 4 classes of one's own
     ms.set_seed(0)
     detector = build_detector(cfg)
     ms.set_seed(0)
@@ -86,9 +86,9 @@ def test_load_from_another_class_count(tmp_path, head, extra, expected):
 
 
 def test_same_class_count_loads_everything(tmp_path):
-    source = build_detector(config("atss", DENSE, 5))
+    source = build_detector(config("atss", DENSE, 4))
     params = read_checkpoint(perturbed_checkpoint(source, str(tmp_path / "s.ckpt")))
-    cfg = config("atss", DENSE, 5)
+    cfg = config("atss", DENSE, 4)
     detector = build_detector(cfg)
     report = load_pretrained(detector, cfg, params, "s.ckpt")
     assert report.reinitialised == []
@@ -98,9 +98,9 @@ def test_same_class_count_loads_everything(tmp_path):
 
 def test_another_architecture_is_refused_naming_the_layer(tmp_path):
     # a ResNet-FPN detector into the VGG/MLFPN config: the first network tensor is not in the file
-    source = build_detector(config("gfl", DENSE + FPN, 9))
+    source = build_detector(config("gfl", DENSE + FPN, 8))
     params = read_checkpoint(perturbed_checkpoint(source, str(tmp_path / "resnet.ckpt")))
-    cfg = config("gfl", DENSE, 5)
+    cfg = config("gfl", DENSE, 4)
     detector = build_detector(cfg)
     before = {p.name: p.asnumpy().copy() for p in detector.get_parameters()}
     first = next(p for p in detector.get_parameters())
@@ -114,9 +114,9 @@ def test_another_architecture_is_refused_naming_the_layer(tmp_path):
 
 def test_wider_tower_is_refused_naming_the_layer(tmp_path):
     # same layout, another head width: a non-class tensor of another shape
-    source = build_detector(config("retina", ["model.head.feat_channels=24", "model.head.stacked_convs=1"], 5))
+    source = build_detector(config("retina", ["model.head.dense.feat_channels=24", "model.head.dense.stacked_convs=1"], 4))
     params = read_checkpoint(perturbed_checkpoint(source, str(tmp_path / "wide.ckpt")))
-    cfg = config("retina", DENSE, 5)
+    cfg = config("retina", DENSE, 4)
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'head\.cls_convs\.0\.[\w.]+': file "
                                               r"\(24, "):
         load_pretrained(build_detector(cfg), cfg, params, "wide.ckpt")
@@ -125,9 +125,9 @@ def test_wider_tower_is_refused_naming_the_layer(tmp_path):
 def test_extra_layers_in_the_file_are_refused(tmp_path):
     # a ResNet-101 detector into a ResNet-50 config: every network tensor fits, the file has more blocks
     deeper = [o.replace("resnet50", "resnet101") for o in FPN]
-    source = build_detector(config("gfl", DENSE + deeper, 5))
+    source = build_detector(config("gfl", DENSE + deeper, 4))
     params = read_checkpoint(perturbed_checkpoint(source, str(tmp_path / "deep.ckpt")))
-    cfg = config("gfl", DENSE + FPN, 5)
+    cfg = config("gfl", DENSE + FPN, 4)
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'backbone\.layer3\.6\.[\w.]+' in the file "
                                               r"is a layer the network does not have"):
         load_pretrained(build_detector(cfg), cfg, params, "deep.ckpt")
@@ -141,7 +141,7 @@ def test_from_a_convert_py_mmdetection_file(tmp_path):
     torch.save({"state_dict": mmdet_state(cfg)}, pth)
     convert_mmdet(str(pth), cfg, str(out))
     params = read_checkpoint(str(out))
-    target = load_config(path, overrides + ["model.num_classes=6"])
+    target = load_config(path, overrides + ["model.num_classes=5"])
     detector = build_detector(target)
     report = load_pretrained(detector, target, params, str(out))
     assert sorted(report.reinitialised) == [f"head.{head}_cls.bias", f"head.{head}_cls.weight"]

@@ -42,7 +42,7 @@ def test_classes_in_checkpoint_entries_and_sidecar():
     assert info.names == ["circle", "rectangle", "triangle", "star", "cross"]
     assert info.category_ids == [1, 2, 4, 5, 7]
     assert class_names_for(info, cfg.model.num_classes) == info.names
-    with pytest.raises(ModelInfoError, match=r"k\.ckpt names 5 classes but the config has 3"):
+    with pytest.raises(ModelInfoError, match=r"k\.ckpt names 5 classes but the config has model\.num_classes=4"):
         class_names_for(info, 4)
     assert info_from_sidecar({"classes": classes}, "m.mindir.json").names == info.names
     with pytest.raises(ModelInfoError, match=r"field 'class_names' is not valid JSON"):

@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHVISION_RESNET_FC = 2048 * 1000 + 1000
 
 # a narrow M2Det: same shapes as the reference at any input size, a tiny fraction of the work
-NARROW = ["model.backbone.width=0.0625", "model.neck.base_channels=[16, 32]", "model.neck.planes=16",
-          "model.neck.num_levels=2"]
+NARROW = ["model.backbone.width=0.0625", "model.neck.mlfpn.base_channels=[16, 32]", "model.neck.mlfpn.planes=16",
+          "model.neck.mlfpn.num_levels=2"]
 
 
 def cfg_of(name, *overrides):
@@ -41,7 +41,7 @@ def lite_cfg(*overrides):
 ])
 def test_reference_vgg_models(name, maps, num_priors):
     cfg = cfg_of(name)
-    assert cfg.model.num_classes == 81
+    assert cfg.model.num_classes == 80
     net = build_detector(cfg)
     assert count_params(net) == 132_633_140
     assert count_params(net.backbone) == 20_483_904
@@ -111,7 +111,7 @@ def test_vgg16_reduced():
 def test_sfam_param_count():
     assert count_params(SFAM(2048, reduction=16)) == 526_464
     narrow = cfg_of("m2det320_vgg", *NARROW)
-    with_sfam = cfg_of("m2det320_vgg", *NARROW, "model.neck.sfam=true")
+    with_sfam = cfg_of("m2det320_vgg", *NARROW, "model.neck.mlfpn.sfam=true")
     channels = 16 * 2
     assert count_params(build_detector(with_sfam)) - count_params(build_detector(narrow)) == \
         2 * channels * (channels // 16) + channels // 16 + channels
@@ -142,7 +142,7 @@ def test_lite_param_names_and_shared_ffm2():
     assert not any(n.startswith("neck.ffm2.1.") for n in names)
     assert len(names) == len(set(names))
     # per-level FFMv2 weights: (levels - 1) more 1x1 BasicConvs of 192 -> 32 channels
-    per_level = build_detector(lite_cfg("model.neck.shared_leach=false"))
+    per_level = build_detector(lite_cfg("model.neck.mlfpn.shared_leach=false"))
     assert count_params(per_level) - count_params(net) == 3 * (192 * 32 + 2 * 32)
     assert count_params(net) == sum(p.size for p in net.trainable_params())
 
@@ -200,7 +200,7 @@ from m2det.necks import MLFPN
 ms.set_seed(0)
 backbone = ResNet(50, (1, 2, 1, 2), (2, 4), width=0.0625)
 neck = MLFPN(backbone.output_levels, (16, 32), planes=32, num_levels=3, num_scales=4, shared_ffm2=False, sfam=True)
-variant = Detector(backbone, neck, MultiBoxHead(neck.output_levels, [4, 6, 6, 4], 3))
+variant = Detector(backbone, neck, MultiBoxHead(neck.output_levels, [4, 6, 6, 4], 2))
 nets = {{"lite": build_detector(load_config({root!r} + "/tests/configs/lite256.yaml")), "variant": variant}}
 rng = np.random.default_rng(0)
 results = {{}}
@@ -259,7 +259,7 @@ def test_error_steps_do_not_fit_input():
 
 def test_error_prior_lengths():
     with pytest.raises(ValueError) as err:
-        build_priors(cfg_of("m2det320_vgg", "model.neck.num_scales=5"))
+        build_priors(cfg_of("m2det320_vgg", "model.neck.mlfpn.num_scales=5"))
     msg = str(err.value)
     assert "num_scales = 5" in msg and "[8, 16, 32, 64, 107, 320]" in msg
     with pytest.raises(ValueError, match=r"size_pattern has 6 values .*needs num_scales \+ 1 = 7"):
@@ -269,8 +269,9 @@ def test_error_prior_lengths():
 
 
 def test_error_num_classes():
-    with pytest.raises(ValueError, match="num_classes must be >= 2.*got 1"):
-        build_detector(cfg_of("m2det320_vgg", "model.num_classes=1"))
+    with pytest.raises(ValueError, match=r"num_classes must be >= 1 \(the object classes, background not counted\), got 0"):
+        build_detector(cfg_of("m2det320_vgg", "model.num_classes=0"))
+    assert build_detector(cfg_of("m2det320_vgg", *NARROW, "model.num_classes=1")).head.num_columns == 2
 
 
 def test_error_unsupported_neck_and_head():

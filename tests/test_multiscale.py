@@ -131,7 +131,7 @@ def test_multibox_refuses_multi_scale(data_dir):
 
 def test_keep_ratio_fpn_pipeline(data_dir):
     cfg = load_config(TINY, [f"data.root={data_dir}", "model.backbone.name=resnet50", "model.neck.name=fpn",
-                             "model.neck.out_channels=16", "model.head.name=gfl", "data.resize_mode=keep_ratio",
+                             "model.neck.fpn.out_channels=16", "model.head.name=gfl", "data.resize_mode=keep_ratio",
                              "model.input_size=64", "data.max_size=96", "data.train_sizes=[32, 64]"])
     layout = build_priors(cfg)
     assert sorted(layout.feature_sizes) == [(32, 64), (64, 96)]

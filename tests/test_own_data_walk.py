@@ -79,7 +79,7 @@ def test_convert_finetune_evaluate_export_infer_api(walk):
     out = str(base / "run")
     # PyNative: the same training code without the graph compilation (60 s of this test otherwise)
     train_args = ["--config", TINY, "--data_dir", data, "--output_dir", out, "--epochs", "1",
-                  "--mode", "pynative", "--set", "model.num_classes=4", "train.batch_size=4", "data.augment=false"]
+                  "--mode", "pynative", "--set", "model.num_classes=3", "train.batch_size=4", "data.augment=false"]
     code, log = run("train.py", *train_args, "--load_from", walk["pretrained"])
     assert code == 0, log
     # tiny multibox head: 4 levels x (conf weight + bias) are the class-dependent tensors
@@ -90,11 +90,11 @@ def test_convert_finetune_evaluate_export_infer_api(walk):
     assert json.loads(params["class_names"]) == [{"id": i + 1, "name": n} for i, n in enumerate(SIGNS)]
     with open(os.path.join(out, "config.yaml")) as f:
         resolved = yaml.safe_load(f)
-    assert resolved["model"]["num_classes"] == 4 and resolved["train"]["load_from"] == walk["pretrained"]
+    assert resolved["model"]["num_classes"] == 3 and resolved["train"]["load_from"] == walk["pretrained"]
     assert yaml.safe_load(params["config"]) == resolved
 
     # nothing overwrites that run (refused before anything is built); --resume with --load_from is an error
-    cfg = load_config(TINY, ["model.num_classes=4", f"data.root={data}"])
+    cfg = load_config(TINY, ["model.num_classes=3", f"data.root={data}"])
     with pytest.raises(TrainingError, match=r"already holds checkpoints of this config \(tiny_epoch0001.ckpt.*--overwrite"):
         train(cfg, TrainOptions(output_dir=out))
     code, log = run("train.py", *train_args, "--resume", "auto", "--load_from", walk["pretrained"])
@@ -112,7 +112,7 @@ def test_convert_finetune_evaluate_export_infer_api(walk):
     with open(mindir + ".json") as f:
         sidecar = json.load(f)
     assert [c["name"] for c in sidecar["classes"]] == SIGNS
-    assert yaml.safe_load(sidecar["resolved_config"])["model"]["num_classes"] == 4
+    assert yaml.safe_load(sidecar["resolved_config"])["model"]["num_classes"] == 3
 
     images = os.path.join(data, "val")
     code, log = run("infer.py", "--mindir", mindir, "--images", images, "--out", str(base / "infer"),
@@ -141,10 +141,10 @@ def test_convert_finetune_evaluate_export_infer_api(walk):
 def test_load_from_another_architecture_is_refused_before_training(walk, tmp_path):
     # the VGG/MLFPN tiny file into a ResNet-FPN config: refused before the data or the graph is built
     cfg = load_config(TINY, [f"data.root={tmp_path / 'no_data_needed'}", f"train.load_from={walk['pretrained']}",
-                             "model.head.name=gfl", "model.head.feat_channels=16", "model.head.stacked_convs=1",
+                             "model.head.name=gfl", "model.head.dense.feat_channels=16", "model.head.dense.stacked_convs=1",
                              "model.backbone.name=resnet50", "model.backbone.width=0.125", "model.neck.name=fpn",
-                             "model.neck.out_channels=16", "data.resize_mode=keep_ratio", "model.input_size=64",
-                             "data.max_size=96", "model.num_classes=4"])
+                             "model.neck.fpn.out_channels=16", "data.resize_mode=keep_ratio", "model.input_size=64",
+                             "data.max_size=96", "model.num_classes=3"])
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'backbone\.conv1\.weight'"):
         train(cfg, TrainOptions(output_dir=str(tmp_path / "r")))
     assert not [f for f in os.listdir(tmp_path / "r") if f.endswith(".ckpt")]
@@ -153,5 +153,5 @@ def test_load_from_another_architecture_is_refused_before_training(walk, tmp_pat
 def test_a_dataset_of_another_class_count_is_refused_before_training(walk, tmp_path):
     cfg = load_config(TINY, [f"data.root={walk['base'] / 'signs_coco'}", "data.augment=false"])   # 5 vs 3 classes
     # the reader checks it (src/data/pipeline.py build_reader), before the network is compiled
-    with pytest.raises(ValueError, match=r"has 3 categories, so model\.num_classes must be 4"):
+    with pytest.raises(ValueError, match=r"has 3 categories, so model\.num_classes must be 3"):
         train(cfg, TrainOptions(output_dir=str(tmp_path / "c")))

@@ -47,7 +47,7 @@ def assert_same(a, b):
 
 def test_data_settings_are_read_from_the_config_once(root):
     cfg = config(root, "data.std=[2, 3, 4]", "data.rgb=true", "data.augment=false", "data.expand_prob=0.3",
-                 "data.expand_max_ratio=2.5", "data.crop_require_all=false", "data.match_threshold=0.4",
+                 "data.expand_max_ratio=2.5", "data.crop_require_all=false", "model.head.multibox.match_threshold=0.4",
                  "data.min_box_size=2.0", "data.pixel_offset=false", "priors.variance=[0.2, 0.3]", "train.seed=9",
                  "data.num_workers=3", "data.train_sizes=[48, 64]")
     policy = resize.InputPolicy(mode="square", test_size=SIZE, train_sizes=(48, 64))

@@ -191,7 +191,7 @@ def test_resnet_sfam_per_level_network():
     backbone = ResNet(50, layer_strides=(1, 2, 1, 2), out_layers=(2, 4), width=0.0625)
     neck = MLFPN(backbone.output_levels, base_channels=(16, 32), planes=32, num_levels=3, num_scales=4,
                  shared_ffm2=False, sfam=True)
-    head = MultiBoxHead(neck.output_levels, [6] * 4, num_classes=5)
+    head = MultiBoxHead(neck.output_levels, [6] * 4, num_classes=4)   # + background = the reference's 5
     ours = Detector(backbone, neck, head)
     randomize(ours)
     ours.set_train(False)

@@ -54,7 +54,7 @@ def test_lite_config_with_gn_tums_builds():
     from src.builder import build_detector
     from src.config import load_config
 
-    cfg = load_config("tests/configs/tiny.yaml", ["model.neck.tum_norm=gn"])
+    cfg = load_config("tests/configs/tiny.yaml", ["model.neck.mlfpn.tum_norm=gn"])
     det = build_detector(cfg)
     names = [p.name for p in det.get_parameters()]
     assert not any(".tums." in n and ".bn." in n for n in names)

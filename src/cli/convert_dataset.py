@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         return 1
     print(f"{result['num_train']} train / {result['num_val']} val images, {len(result['classes'])} classes "
           f"{result['classes']} -> {args.out}; train with --data_dir {args.out} "
-          f"--set model.num_classes={len(result['classes']) + 1}")
+          f"--set model.num_classes={len(result['classes'])}")
     print(json.dumps(result))
     return 0
 

@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu_threads", type=positive_int, default=None,
                    help="CPU kernel threads per process (several CPU workers on one machine: cores / workers)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.lr=0.01 model.neck.num_levels=4")
+                   help="config overrides, e.g. train.lr=0.01 model.neck.mlfpn.num_levels=4")
     return p.parse_args(argv)
 
 

@@ -168,7 +168,7 @@ def save_params(path: str, names_in_order: list, tensors: dict) -> str:
 def _convert_into(cell, pth_path: str, name_map: NameMap, out: str, target: str, strict_layers: bool = False,
                   adapt=None, hints=None) -> ConversionReport:
     """`adapt(source, shapes) -> (source, notes)` fixes layout-only differences first;
-    `hints(not_in_network, missing) -> [str]` adds likely causes to the error message."""
+    `hints(report) -> [str]` adds likely causes to the error message."""
     source, non_tensors = load_torch_state_dict(pth_path)
     shapes = {p.name: tuple(p.shape) for p in cell.get_parameters()}
     adapted = []
@@ -179,7 +179,7 @@ def _convert_into(cell, pth_path: str, name_map: NameMap, out: str, target: str,
     report.adapted = adapted
     for w in report.warnings:
         log.warning(w)
-    report.raise_for_problems(target, hints(report.not_in_network, report.missing) if hints else ())
+    report.raise_for_problems(target, hints(report) if hints else ())
     save_params(out, list(shapes), report.tensors)
     return report
 
@@ -210,8 +210,22 @@ def convert_m2det(pth_path: str, cfg, out: str) -> ConversionReport:
                               f"multibox head); this config has neck '{model.neck.name}' and head "
                               f"'{model.head.name}'")
     detector = build_detector(cfg)
-    name_map = m2det_release_map(shared_leach=cfg.model.neck.shared_leach)
-    return _convert_into(detector, pth_path, name_map, out, "the network built from the config")
+    name_map = m2det_release_map(shared_leach=cfg.model.neck.mlfpn.shared_leach)
+    return _convert_into(detector, pth_path, name_map, out, "the network built from the config",
+                         hints=lambda report: _release_class_hints(report, detector.head))
+
+
+def _release_class_hints(report: ConversionReport, head) -> list[str]:
+    """The class count a release file's conf layers imply, when they do not fit the config's."""
+    first = f"conf.0.weight -> head.conf_convs.0.weight: file ("
+    for line in report.shape_mismatches:
+        if line.startswith(first):
+            columns = int(line[len(first):].split(",")[0]) // head.num_anchors[0]
+            # the release's num_classes (81 for COCO) counts the background column
+            return [f"the file's conf layers predict {columns} softmax columns per prior (background + "
+                    f"{columns - 1} classes): set model.num_classes={columns - 1} (the object classes; the "
+                    f"config has {head.num_classes})"]
+    return []
 
 
 def convert_mmdet(pth_path: str, cfg, out: str) -> ConversionReport:
@@ -231,4 +245,4 @@ def convert_mmdet(pth_path: str, cfg, out: str) -> ConversionReport:
     detector = build_detector(cfg)
     return _convert_into(detector, pth_path, name_map, out, "the network built from the config", strict_layers=True,
                          adapt=lambda source, shapes: adapt_mmdet_tensors(source, name_map, shapes),
-                         hints=mmdet_layout_hints)
+                         hints=lambda report: mmdet_layout_hints(report.not_in_network, report.missing))

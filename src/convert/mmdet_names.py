@@ -135,5 +135,5 @@ def mmdet_layout_hints(not_in_network: list[str], missing: list[str]) -> list[st
     others = [k for k in not_in_network if not HEAD_DCN_KEY.match(k) and not DCN_OFFSET_KEY.match(k)]
     if others:
         hints.append("the file's model has layers the config's lacks (a deeper backbone, more tower convs: "
-                     "model.head.stacked_convs, more FPN levels: model.neck.num_outs)")
+                     "model.head.dense.stacked_convs, more FPN levels: model.neck.fpn.num_outs)")
     return hints

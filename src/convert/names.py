@@ -96,7 +96,7 @@ def m2det_release_map(shared_leach: bool = True) -> NameMap:
     notes = {"neck.sfam.": "sfam_module.fc1.i / fc2.i (one module shared by every scale)"}
     if shared_leach:
         notes["neck.ffm2.0."] = ("leach.0 ... leach.L-1 (one shared module in the reference; the config "
-                                 "has model.neck.shared_leach: true)")
+                                 "has model.neck.mlfpn.shared_leach: true)")
     return NameMap("M2Det PyTorch release", rules,
                    dropped=[re.compile(r"^base\.fc\."), _NUM_BATCHES], shared_note=notes)
 

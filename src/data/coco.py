@@ -134,17 +134,20 @@ def _refuse_duplicate_ids(data: dict, source: str) -> None:
 
 
 def check_num_classes(num_categories: int, num_classes: int, ann_file: str) -> None:
-    """model.num_classes counts the background (configs/base.yaml): it must be categories + 1.
+    """model.num_classes counts the object classes (configs/base.yaml): it must equal the categories.
 
     Checked before a network is built or compiled: with more categories than the network
     predicts, training fails deep inside the loss; with fewer, AP is computed over classes
     that do not exist.
     """
-    if int(num_classes) != int(num_categories) + 1:
+    if int(num_classes) != int(num_categories):
+        # configs of version 1 counted the background: say so to whoever upgrades one
+        old_meaning = (" (configs before config_version 2 counted the background too; it is no longer counted)"
+                       if int(num_classes) == int(num_categories) + 1 else "")
         raise ValueError(
             f"{ann_file} has {num_categories} categories, so model.num_classes must be "
-            f"{num_categories + 1} ({num_categories} categories + background), but the config "
-            f"has model.num_classes={num_classes}; set --set model.num_classes={num_categories + 1} "
+            f"{num_categories} (the object classes, background not counted), but the config "
+            f"has model.num_classes={num_classes}{old_meaning}; set --set model.num_classes={num_categories} "
             f"(or use the annotation file the model was made for)")
 
 

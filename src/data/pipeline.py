@@ -67,7 +67,7 @@ NOT_READ = (0, 0)     # orig_hw of an evaluation image that could not be read
 def build_reader(settings: ReaderSettings) -> CocoDetection:
     """The COCO reader of one split (src.builder.reader_settings).
 
-    Its categories must be the model's classes (model.num_classes - 1): checked here, before
+    Its categories must be the model's classes (model.num_classes): checked here, before
     any network is compiled.
     """
     reader = CocoDetection(settings.ann_file, settings.image_dir, min_box_size=float(settings.min_box_size),

@@ -28,6 +28,7 @@ import numpy as np
 from heads.box_coder import SSDBoxCoder, decode_graph
 from heads.multibox_head import MultiBoxHead
 from src.builder import build_priors, input_policy
+from src.config_upgrade import CONFIG_VERSION
 from m2det.cells import refresh_parameter_names
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
@@ -204,10 +205,11 @@ def run_exported(path: str, file_format: str, images: np.ndarray) -> list[np.nda
 
 
 def _describe_outputs(detector: nn.Cell, with_decode: bool) -> list[str]:
+    scores = "scores (B, P, 1 + C) softmax, column 0 background"
     if with_decode:
-        return ["boxes (B, P, 4) normalised corners x1 y1 x2 y2 in [0, 1]", "scores (B, P, C) softmax"]
+        return ["boxes (B, P, 4) normalised corners x1 y1 x2 y2 in [0, 1]", scores]
     if isinstance(getattr(detector, "head", None), MultiBoxHead):
-        return ["loc (B, P, 4) SSD offsets against the priors", "scores (B, P, C) softmax"]
+        return ["loc (B, P, 4) SSD offsets against the priors", scores]
     return [f"the outputs of {type(detector.head).__name__}.predict"]
 
 
@@ -277,7 +279,8 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         "with_decode": bool(with_decode),
         "outputs": _describe_outputs(detector, with_decode),
         "output_shapes": [list(o.shape) for o in prepared],
-        "num_classes": int(cfg.model.num_classes),
+        "num_classes": int(cfg.model.num_classes),       # object classes (CONFIG_VERSION 2 on)
+        "config_version": CONFIG_VERSION,
         "config_name": cfg.get("config_name", ""),
         # the multibox head's outputs have one row per prior: a config with other priors cannot decode them
         "num_priors": int(prepared[0].shape[1]) if elementwise else None,

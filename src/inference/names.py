@@ -6,7 +6,7 @@ Checkpoints carry no class names, so they come from, in this order:
 2. `ann_file`: a COCO annotation file; names of its categories sorted by category id, which is
    how the training reader numbers the labels (src/data/coco.py);
 3. otherwise "class_N", N the 0-based class label.
-Either file must name exactly the config's foreground classes (model.num_classes - 1).
+Either file must name exactly the config's object classes (model.num_classes).
 """
 from __future__ import annotations
 
@@ -46,13 +46,13 @@ def _read(path: str) -> list[str]:
 
 def load_class_names(num_classes: int, names_file: Optional[str] = None,
                      ann_file: Optional[str] = None) -> list[str]:
-    """Names of the foreground classes, indexed by dataset label (0 .. num_classes - 2)."""
-    count = num_classes - 1
+    """Names of the object classes, indexed by dataset label (0 .. num_classes - 1)."""
+    count = num_classes
     path = names_file or ann_file
     if not path:
         return [f"class_{i}" for i in range(count)]
     names = _read(path)
     if len(names) != count:
-        raise NamesError(f"{path} names {len(names)} classes but the config has {count} "
-                         f"(model.num_classes {num_classes} includes the background)")
+        raise NamesError(f"{path} names {len(names)} classes but the config has model.num_classes={count} "
+                         f"(object classes, background not counted)")
     return names

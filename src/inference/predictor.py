@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from src.config_upgrade import sidecar_num_classes
 from src.data.resize import TestInput
 from src.postprocess import Detections, Postprocessor
 
@@ -88,8 +89,9 @@ def check_mindir_fits(path: str, meta: dict, expected: ExpectedModel) -> None:
     shape = meta.get("input_shape")
     if shape is not None and list(shape[2:]) != canvas:
         problems.append(f"input {shape[2]}x{shape[3]} vs {canvas[0]}x{canvas[1]}")
-    if "num_classes" in meta and meta["num_classes"] != expected.num_classes:
-        problems.append(f"model.num_classes {meta['num_classes']} vs {expected.num_classes}")
+    recorded_classes = sidecar_num_classes(meta)
+    if recorded_classes is not None and recorded_classes != expected.num_classes:
+        problems.append(f"model.num_classes {recorded_classes} vs {expected.num_classes}")
     recorded = _recorded_priors(meta)
     if recorded is not None and expected.num_priors is not None and recorded != expected.num_priors:
         problems.append(f"{recorded} priors vs {expected.num_priors}")
