@@ -27,6 +27,7 @@ the objects built here and never see it.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Callable
 
@@ -353,3 +354,17 @@ def build_postprocessor(cfg, priors=None, clip: bool | None = None) -> Postproce
     """Network outputs of one image -> its detections in image pixels: the output decoder, the
     input policy and the detection settings, read from `cfg` once (src/postprocess.py)."""
     return Postprocessor(build_output_decoder(cfg, priors), input_policy(cfg), detection_settings(cfg), clip=clip)
+
+
+def class_dependent_names(cfg, detector) -> set:
+    """Names of `detector`'s parameters whose shape depends on model.num_classes: the head is
+    built again with one more class and the shapes compared."""
+    probe_cfg = copy.deepcopy(cfg)
+    probe_cfg.model.num_classes = int(cfg.model.num_classes) + 1
+    probe_shapes = {p.name: tuple(p.shape) for p in build_head(probe_cfg, detector.neck.output_levels).get_parameters()}
+    names = set()
+    for p in detector.head.get_parameters():
+        bare = p.name[len("head."):] if p.name.startswith("head.") else p.name
+        if probe_shapes.get(bare, tuple(p.shape)) != tuple(p.shape):
+            names.add(p.name)
+    return names

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.builder import build_detector
+from src.builder import build_detector, class_dependent_names
 from src.config import load_config
 from src.convert import convert_mmdet
 from src.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from src.training.load_from import class_dependent_names, load_pretrained
+from src.training.load_from import load_pretrained
 from tests.test_convert_mmdet import mmdet_state, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,12 @@ CASES = [
 ]
 IDS = ["multibox", "retina", "atss", "umop", "gfl", "vfnet", "gfl-fpn"]
 
+
+
+def load(detector, cfg, params, source):
+    """What the trainer does with train.load_from."""
+    return load_pretrained(detector, params, source, class_dependent=class_dependent_names(cfg, detector),
+                           config_name=cfg.config_name)
 
 def config(head, extra, num_classes):
     return load_config(TINY, [f"model.head.name={head}", f"model.num_classes={num_classes}", *extra])
@@ -65,7 +71,7 @@ def test_load_from_another_class_count(tmp_path, head, extra, expected):
     fresh = {p.name: p.asnumpy().copy() for p in build_detector(cfg).get_parameters()}
     assert sorted(class_dependent_names(cfg, detector)) == sorted(expected)
 
-    report = load_pretrained(detector, cfg, params, path)
+    report = load(detector, cfg, params, path)
     assert sorted(report.reinitialised) == sorted(expected)
     names = [p.name for p in detector.get_parameters()]
     assert len(report.loaded) + len(report.reinitialised) == len(names)
@@ -90,7 +96,7 @@ def test_same_class_count_loads_everything(tmp_path):
     params = read_checkpoint(perturbed_checkpoint(source, str(tmp_path / "s.ckpt")))
     cfg = config("atss", DENSE, 4)
     detector = build_detector(cfg)
-    report = load_pretrained(detector, cfg, params, "s.ckpt")
+    report = load(detector, cfg, params, "s.ckpt")
     assert report.reinitialised == []
     for p in detector.get_parameters():
         np.testing.assert_array_equal(p.asnumpy(), params[p.name].asnumpy())
@@ -105,7 +111,7 @@ def test_another_architecture_is_refused_naming_the_layer(tmp_path):
     before = {p.name: p.asnumpy().copy() for p in detector.get_parameters()}
     first = next(p for p in detector.get_parameters())
     with pytest.raises(CheckpointError) as info:
-        load_pretrained(detector, cfg, params, "resnet.ckpt")
+        load(detector, cfg, params, "resnet.ckpt")
     message = str(info.value)
     assert f"first mismatching layer '{first.name}'" in message and "resnet.ckpt" in message
     for p in detector.get_parameters():                         # nothing was loaded
@@ -119,7 +125,7 @@ def test_wider_tower_is_refused_naming_the_layer(tmp_path):
     cfg = config("retina", DENSE, 4)
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'head\.cls_convs\.0\.[\w.]+': file "
                                               r"\(24, "):
-        load_pretrained(build_detector(cfg), cfg, params, "wide.ckpt")
+        load(build_detector(cfg), cfg, params, "wide.ckpt")
 
 
 def test_extra_layers_in_the_file_are_refused(tmp_path):
@@ -130,7 +136,7 @@ def test_extra_layers_in_the_file_are_refused(tmp_path):
     cfg = config("gfl", DENSE + FPN, 4)
     with pytest.raises(CheckpointError, match=r"first mismatching layer 'backbone\.layer3\.6\.[\w.]+' in the file "
                                               r"is a layer the network does not have"):
-        load_pretrained(build_detector(cfg), cfg, params, "deep.ckpt")
+        load(build_detector(cfg), cfg, params, "deep.ckpt")
 
 
 def test_from_a_convert_py_mmdetection_file(tmp_path):
@@ -143,7 +149,7 @@ def test_from_a_convert_py_mmdetection_file(tmp_path):
     params = read_checkpoint(str(out))
     target = load_config(path, overrides + ["model.num_classes=5"])
     detector = build_detector(target)
-    report = load_pretrained(detector, target, params, str(out))
+    report = load(detector, target, params, str(out))
     assert sorted(report.reinitialised) == [f"head.{head}_cls.bias", f"head.{head}_cls.weight"]
     assert len(report.loaded) == len(params) - 2 and sorted(report.left_out) == sorted(report.reinitialised)
     for p in detector.get_parameters():

@@ -7,20 +7,19 @@ differs. Anything else that does not fit (a tensor of the network missing from t
 shaped differently, or a backbone/neck/head layer in the file that the network lacks) means the
 file is of another architecture: refused, naming the first such layer, before any compilation.
 
-Class-dependent tensors are found by building the head a second time with one more class and
-comparing shapes, so every head (and any future one) is covered without a list of layer names.
+The caller names the class-dependent tensors (src/builder.py's `class_dependent_names` builds
+the head a second time with one more class and compares shapes, so every head, and any future
+one, is covered without a list of layer names).
 Works from train.py checkpoints (EMA averages under the plain names; `raw.*` and optimizer state
 are left out) and from convert.py outputs (plain parameter files).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import mindspore as ms
 from mindspore import nn
 
-from src.builder import build_head
 from src.training.checkpoint import CheckpointError
 
 
@@ -36,27 +35,14 @@ class LoadFromReport:
                 f"file's own class layers)")
 
 
-def class_dependent_names(cfg, detector: nn.Cell) -> set:
-    """Names of the detector's parameters whose shape depends on model.num_classes."""
-    probe_cfg = copy.deepcopy(cfg)
-    probe_cfg.model.num_classes = int(cfg.model.num_classes) + 1
-    probe = build_head(probe_cfg, detector.neck.output_levels)
-    probe_shapes = {p.name: tuple(p.shape) for p in probe.get_parameters()}
-    names = set()
-    for p in detector.head.get_parameters():
-        bare = p.name[len("head."):] if p.name.startswith("head.") else p.name
-        if probe_shapes.get(bare, tuple(p.shape)) != tuple(p.shape):
-            names.add(p.name)
-    return names
-
-
 def _is_tensor(value) -> bool:
     return hasattr(value, "shape") and hasattr(value, "asnumpy")
 
 
-def load_pretrained(detector: nn.Cell, cfg, params: dict, source: str) -> LoadFromReport:
-    """Load `params` (read_checkpoint of `source`) into the freshly built `detector` as above."""
-    class_dependent = class_dependent_names(cfg, detector)
+def load_pretrained(detector: nn.Cell, params: dict, source: str, *, class_dependent: set,
+                    config_name: str = "?") -> LoadFromReport:
+    """Load `params` (read_checkpoint of `source`) into the freshly built `detector` as above;
+    `class_dependent` names the parameters that may differ in shape (left fresh when they do)."""
     report = LoadFromReport()
     mismatches, mapping = [], {}
     for p in detector.get_parameters():
@@ -79,7 +65,7 @@ def load_pretrained(detector: nn.Cell, cfg, params: dict, source: str) -> LoadFr
     if mismatches:
         more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
         raise CheckpointError(
-            f"--load_from {source} does not fit the network of config '{cfg.get('config_name', '?')}': first "
+            f"--load_from {source} does not fit the network of config '{config_name}': first "
             f"mismatching layer {mismatches[0]}{more}. Only the class-dependent layers may differ; the file "
             f"is of another architecture (backbone, neck or head settings): use the config it was made with")
     report.left_out = [k for k in params if k not in mapping]

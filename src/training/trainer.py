@@ -25,7 +25,8 @@ import mindspore as ms
 import numpy as np
 
 from m2det import winograd
-from src.builder import build_detector, build_postprocessor, build_priors, eval_data_settings, train_data_settings
+from src.builder import (build_detector, build_postprocessor, build_priors, class_dependent_names, eval_data_settings,
+                         train_data_settings)
 from src.data.pipeline import create_train_dataset
 from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
@@ -201,7 +202,9 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
         if start.path is not None:
             log.info("resuming from %s: train.load_from %s is not used", start.path, tcfg.load_from)
         else:
-            report = load_pretrained(detector, cfg, read_checkpoint(tcfg.load_from), tcfg.load_from)
+            report = load_pretrained(detector, read_checkpoint(tcfg.load_from), tcfg.load_from,
+                                     class_dependent=class_dependent_names(cfg, detector),
+                                     config_name=cfg.get("config_name", "?"))
             log.info("load_from %s: %s", tcfg.load_from, report.summary())
     global_batch = tcfg.batch_size * opts.group_size
     if start.epoch_step and int(checkpoint_meta(start.params).get("global_batch", global_batch)) != global_batch:
