@@ -64,6 +64,21 @@ def _recorded_priors(meta: dict) -> Optional[int]:
     return None
 
 
+def check_custom_op_library(path: str, meta: dict) -> None:
+    """Refuse a MINDIR whose custom operators' library (export.py's `custom_op_library`) is missing.
+
+    A MINDIR with Winograd convolutions names m2det/kernels/_winograd_f23.so by its absolute
+    path at export time; MindSpore would only fail on the first call, deep in graph compilation.
+    """
+    library = meta.get("custom_op_library")
+    if library and not os.path.isfile(library):
+        raise PredictorError(
+            f"{path} computes its 3x3 convolutions with custom operators from {library} (recorded in the "
+            f"graph at export), which does not exist here: install this package at that path (and build it: "
+            f"bash scripts/make.sh), or export the checkpoint again on this machine; `export.py --set "
+            f"test.winograd=false` writes a self-contained MINDIR with direct convolutions")
+
+
 def check_mindir_fits_config(cfg, path: str, meta: dict) -> None:
     """Refuse a MINDIR whose description (export.py's `path`.json) disagrees with `cfg`, naming both configs.
 
@@ -150,6 +165,7 @@ class Predictor:
             log.warning("%s.json not found: assuming batch size 1 and outputs without decoding", path)
         shape = meta.get("input_shape", [1, 3, *InputPolicy.from_config(cfg).canvas()])
         check_mindir_fits_config(cfg, path, meta)
+        check_custom_op_library(path, meta)
         try:
             cell = nn.GraphCell(ms.load(path))
         except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals
