@@ -148,3 +148,17 @@ def test_direct_convolutions_on_request_and_for_onnx(wide, tmp_path):
     assert meta["winograd_convolutions"] == 0 and meta["custom_op_library"] is None
     with pytest.raises(ExportError, match="custom operators.*ONNX"):
         export_detector(detector, cfg, str(tmp_path / "forced.onnx"), "ONNX", use_winograd=True)
+
+
+def test_vfnet_with_star_dcn_exports_with_winograd(tmp_path):
+    """VFNet's head has a deformable convolution (MINDIR only); Winograd cells sit beside it."""
+    cfg = load_config(os.path.join(ROOT, "configs", "m2det_lite_vfnet.yaml"), ["model.neck.num_levels=2"])
+    detector = calibrate(build_detector(cfg))
+    out = tmp_path / "vfnet.mindir"
+    meta = export_detector(detector, cfg, str(out), "MINDIR", winograd_min_channels=8)
+    assert meta["winograd_convolutions"] == len(scopes(str(out), "Custom")) > 0
+    assert meta["custom_op_library"] == winograd.LIBRARY
+    size = cfg.model.input_size
+    x = np.random.default_rng(3).uniform(-120, 120, (1, 3, size, size)).astype(np.float32)
+    got = run_exported(str(out), "MINDIR", x)
+    assert [list(o.shape) for o in got] == meta["output_shapes"]
