@@ -99,13 +99,26 @@ class GraphConvConv(nn.Cell):
         return y[:, :, :h, :w]
 
 
-class _Part(nn.Cell):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
+class _Matmuls(nn.Cell):
+    """The 16 products U V of a WinogradConv2d alone."""
 
-    def construct(self, x):
-        return self.fn(x)
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, v):
+        return self.cell.matmul(self.cell.u, v)
+
+
+class _OutputTransform(nn.Cell):
+    """The output transform (+ bias) of a WinogradConv2d alone; `like` gives the output's shape."""
+
+    def __init__(self, cell, like):
+        super().__init__()
+        self.cell, self.like = cell, like
+
+    def construct(self, m):
+        return self.cell.output_transform(m, self.cell.bias, self.like)
 
 
 def layer_row(c: int, size: int, reps: int) -> dict:
@@ -123,10 +136,9 @@ def layer_row(c: int, size: int, reps: int) -> dict:
     custom = forms["custom"]
     v = custom.input_transform(x)
     m = ms.Tensor(custom.matmul(custom.u, v).asnumpy())
-    bias_t = ms.Tensor(bias)
-    parts = {"custom_input_transform": (_Part(custom.input_transform), x),
-             "matmuls": (_Part(lambda t: custom.matmul(custom.u, t)), ms.Tensor(v.asnumpy())),
-             "custom_output_transform": (_Part(lambda t: custom.output_transform(t, bias_t, x)), m)}
+    parts = {"custom_input_transform": (custom.input_transform, x),
+             "matmuls": (_Matmuls(custom), ms.Tensor(v.asnumpy())),
+             "custom_output_transform": (_OutputTransform(custom, x), m)}
     expected = forms["direct"](x).asnumpy()
     row = {"shape": f"1x{c}x{size}x{size}"}
     for name, cell in forms.items():
