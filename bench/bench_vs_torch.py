@@ -12,7 +12,9 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              convolutions computed by Winograd F(2x2, 3x3) (m2det/winograd.py),
                              the MINDIR that export.py writes for CPU (src/export/exporter.py,
                              written to a temporary folder, loaded with mindspore.load +
-                             nn.GraphCell as serve.py --mindir does; issue 18 item 4),
+                             nn.GraphCell as serve.py --mindir does; issue 18 item 4; with
+                             --mindir_direct also the MINDIR with direct convolutions,
+                             test.winograd=false, as export.py wrote it before),
                              and tests/reference/torch_m2det.py
     train step, batch 2      forward + MultiBox loss + backward + global-norm clip + SGD
                              (momentum, weight decay): the project's TrainStep with direct
@@ -76,6 +78,8 @@ def parse_args(argv=None):
                         help="PyTorch's OpenMP barrier policy (see above); keep = leave the environment alone")
     parser.add_argument("--no_fold", action="store_true", help="skip the BN-folded inference networks")
     parser.add_argument("--no_mindir", action="store_true", help="skip the exported-MINDIR forward variant")
+    parser.add_argument("--mindir_direct", action="store_true",
+                        help="also time a MINDIR exported with direct convolutions (test.winograd=false)")
     parser.add_argument("--no_winograd", action="store_true",
                         help="skip the Winograd forward variant (it needs `bash scripts/make.sh`)")
     parser.add_argument("--winograd_min_channels", type=int, default=128,
@@ -107,7 +111,7 @@ def exported_mindir(detector, cfg, folder: str, batch: int, winograd: bool, min_
 
 
 def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_channels: int = 128,
-                 mindir: bool = True) -> list[dict]:
+                 mindir: bool = True, mindir_direct: bool = False) -> list[dict]:
     import tempfile
 
     import mindspore as ms
@@ -136,6 +140,9 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
                 return reference(xt)[1].numpy()
 
         batch_networks = list(networks)
+        if mindir_direct:
+            batch_networks.append(("mindspore_mindir_direct",
+                                   exported_mindir(detector, cfg, folder.name, batch, False, min_channels)))
         if mindir:      # a MINDIR has a fixed batch size: one file per batch
             batch_networks.append(("mindspore_mindir",
                                    exported_mindir(detector, cfg, folder.name, batch, winograd, min_channels)))
@@ -152,7 +159,7 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
         if mindir:
             row["mindir_winograd"] = bool(winograd)
             # the exported file against the checkpoint path's network (the last in-process variant)
-            scores = [net(xm)[1].asnumpy() for _, net in batch_networks[-2:]]
+            scores = [net(xm)[1].asnumpy() for net in (networks[-1][1], batch_networks[-1][1])]
             row["mindir_max_abs_diff"] = float(np.abs(scores[1] - scores[0]).max())
         _ratios(row)
         rows.append(row)
@@ -302,6 +309,8 @@ def _ratios(row: dict) -> None:
         row["ratio_winograd"] = row["mindspore_winograd_ms"] / pt
     if "mindspore_mindir_ms" in row:
         row["ratio_mindir"] = row["mindspore_mindir_ms"] / pt
+    if "mindspore_mindir_direct_ms" in row:
+        row["ratio_mindir_direct"] = row["mindspore_mindir_direct_ms"] / pt
     row["mindspore_gflops"] = row["gflop"] / (best / 1e3)
     row["pytorch_gflops"] = row["gflop"] / (pt / 1e3)
 
@@ -317,6 +326,8 @@ def _line(row: dict) -> str:
             + (f", folded {_fmt(row['mindspore_folded_ms'])} ms" if "mindspore_folded_ms" in row else "")
             + (f", Winograd {_fmt(row['mindspore_winograd_ms'])} ms" if "mindspore_winograd_ms" in row else "")
             + (f", MINDIR {_fmt(row['mindspore_mindir_ms'])} ms" if "mindspore_mindir_ms" in row else "")
+            + (f", MINDIR direct {_fmt(row['mindspore_mindir_direct_ms'])} ms (MINDIR direct/PT "
+               f"{_fmt(row['ratio_mindir_direct'], 2)})" if "mindspore_mindir_direct_ms" in row else "")
             + f", PyTorch {_fmt(row['pytorch_ms'])} ms")
 
 
@@ -377,7 +388,7 @@ def run_cases(args, path: str) -> list[dict]:
     rows = []
     if "forward" in args.cases:
         rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, not args.no_winograd,
-                             args.winograd_min_channels, not args.no_mindir)
+                             args.winograd_min_channels, not args.no_mindir, args.mindir_direct)
     for case in ("train", "train_winograd"):
         if case in args.cases:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
@@ -394,6 +405,7 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
            "--batches", *[str(b) for b in args.batches], "--train_batch", str(args.train_batch),
            "--reps", str(args.reps), "--threads", str(args.threads), "--omp_wait_policy", args.omp_wait_policy]
     cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd + ["--no_mindir"] * args.no_mindir
+    cmd += ["--mindir_direct"] * args.mindir_direct
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
     cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")
