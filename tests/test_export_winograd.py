@@ -162,3 +162,12 @@ def test_vfnet_with_star_dcn_exports_with_winograd(tmp_path):
     x = np.random.default_rng(3).uniform(-120, 120, (1, 3, size, size)).astype(np.float32)
     got = run_exported(str(out), "MINDIR", x)
     assert [list(o.shape) for o in got] == meta["output_shapes"]
+
+
+def test_a_winograd_mindir_is_refused_off_cpu():
+    from src.inference.predictor import check_custom_op_library
+
+    check_custom_op_library("m.mindir", {"custom_op_library": winograd.LIBRARY}, "CPU")
+    check_custom_op_library("m.mindir", {"custom_op_library": None}, "GPU")        # direct convolutions
+    with pytest.raises(PredictorError, match=r"m\.mindir .*CPU custom operators.*--device_target GPU"):
+        check_custom_op_library("m.mindir", {"custom_op_library": winograd.LIBRARY}, "GPU")

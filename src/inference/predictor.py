@@ -64,13 +64,18 @@ def _recorded_priors(meta: dict) -> Optional[int]:
     return None
 
 
-def check_custom_op_library(path: str, meta: dict) -> None:
-    """Refuse a MINDIR whose custom operators' library (export.py's `custom_op_library`) is missing.
+def check_custom_op_library(path: str, meta: dict, device_target: str = "CPU") -> None:
+    """Refuse a MINDIR whose custom operators' library (export.py's `custom_op_library`) is missing,
+    or that would run them on a device other than the CPU they are written for.
 
     A MINDIR with Winograd convolutions names m2det/kernels/_winograd_f23.so by its absolute
     path at export time; MindSpore would only fail on the first call, deep in graph compilation.
     """
     library = meta.get("custom_op_library")
+    if library and device_target != "CPU":
+        raise PredictorError(
+            f"{path} computes its 3x3 convolutions with CPU custom operators ({library}) and cannot run on "
+            f"{device_target}: export the checkpoint with --device_target {device_target} (direct convolutions)")
     if library and not os.path.isfile(library):
         raise PredictorError(
             f"{path} computes its 3x3 convolutions with custom operators from {library} (recorded in the "
@@ -165,7 +170,7 @@ class Predictor:
             log.warning("%s.json not found: assuming batch size 1 and outputs without decoding", path)
         shape = meta.get("input_shape", [1, 3, *InputPolicy.from_config(cfg).canvas()])
         check_mindir_fits_config(cfg, path, meta)
-        check_custom_op_library(path, meta)
+        check_custom_op_library(path, meta, ms.get_context("device_target"))
         try:
             cell = nn.GraphCell(ms.load(path))
         except Exception as exc:  # MindSpore raises RuntimeError/ValueError with parser internals
