@@ -19,8 +19,8 @@ folded and, with test.winograd (the default), the wide 3x3 convolutions as Winog
 MindSpore stores that library's absolute path in the graph and opens it when the loaded graph
 first runs, so such a file needs this package installed at that path: the sidecar records it
 as `custom_op_library` and src/inference/predictor.py checks it before loading.
-`--set test.winograd=false` writes direct convolutions (a self-contained MINDIR, ~1.5x slower on
-CPU; docs/BENCHMARKS.md "The deployable model"). ONNX always has direct convolutions: its
+`--set test.winograd=false` writes direct convolutions (a self-contained MINDIR, slower on CPU:
+docs/BENCHMARKS.md "The deployable model"). ONNX always has direct convolutions: its
 converter knows no custom operators, and the transforms written as standard operators were
 slower than direct convolution (same section).
 """
