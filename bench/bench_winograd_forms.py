@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_winograd_forms.py                 # M2Det-320's layer shapes, 7 reps
     .venv/bin/python bench/bench_winograd_forms.py --shapes 512x40 --reps 3
+    .venv/bin/python bench/bench_winograd_forms.py --network configs/m2det320_vgg.yaml --reps 5
 
 One 3x3 convolution C -> C (stride 1, padding 1, bias) on a (1, C, S, S) input, in GRAPH mode,
 2 threads, the forms alternating round-robin (bench/harness.alternate), medians:
@@ -17,6 +18,10 @@ One 3x3 convolution C -> C (stride 1, padding 1, bias) on a (1, C, S, S) input, 
 and, to see where the time goes, the custom transforms and the 16 matmuls alone. Every form is
 first checked against the direct convolution (max relative error printed). The standard-operator
 forms export to any MindSpore runtime and to ONNX; they only pay if they beat `direct`.
+
+`--network CONFIG` times the whole forward instead (batch 1, random weights, BatchNorm folded as
+in the inference network), the eligible convolutions (m2det.winograd.eligible, >= 128 channels)
+in each form, alternating; the scores are compared with the direct network's.
 """
 from __future__ import annotations
 
@@ -99,6 +104,44 @@ class GraphConvConv(nn.Cell):
         return y[:, :, :h, :w]
 
 
+def network_forms(cfg) -> dict:
+    """{form: the folded detector with its eligible convolutions in that form}."""
+    import copy
+
+    from m2det.cells import refresh_parameter_names, replace_child, walk
+    from src.builder import build_detector
+    from src.inference.fast_network import inference_network
+
+    detector = build_detector(cfg)
+    H.randomize_batchnorm(detector)
+    direct = inference_network(detector, {"fold_bn": True, "winograd": False}, "CPU")
+    forms = {"direct": direct}
+    for name, make in (("custom", W.WinogradConv2d), ("graph_slices", GraphSlicesConv), ("graph_conv", GraphConvConv)):
+        network = copy.deepcopy(direct)
+        for parent, child_name, child in walk(network):
+            if W.eligible(child):
+                replace_child(parent, child_name, make(child.weight.asnumpy(), child.bias.asnumpy()))
+        refresh_parameter_names(network)
+        network.set_train(False)
+        forms[name] = network
+    return forms
+
+
+def network_rows(path: str, reps: int) -> list[list]:
+    from src.config import load_config
+
+    cfg = load_config(path)
+    forms = network_forms(cfg)
+    size = cfg.model.input_size
+    x = ms.Tensor(np.random.default_rng(1).uniform(-120, 120, (1, 3, size, size)).astype(np.float32))
+    expected = forms["direct"](x)[1].asnumpy()
+    errors = {name: float(np.abs(net(x)[1].asnumpy() - expected).max()) for name, net in forms.items()}
+    times = H.alternate([(name, (lambda net=net: net(x)[1].asnumpy())) for name, net in forms.items()], reps, warmup=0)
+    return [[cfg.config_name, name, f"{1e3 * H.median(times[name]):.1f}",
+             f"{H.median(times[name]) / H.median(times['direct']):.2f}", f"{errors[name]:.1e}",
+             " / ".join(f"{1e3 * t:.0f}" for t in times[name])] for name in forms]
+
+
 class _Matmuls(nn.Cell):
     """The 16 products U V of a WinogradConv2d alone."""
 
@@ -157,10 +200,16 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="CxS: C channels in and out, S x S input")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--network", help="a config: time its whole forward in each form instead")
     args = parser.parse_args(argv)
     H.set_threads(args.threads)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     print(H.machine_description(), flush=True)
+    if args.network:
+        print(H.markdown_table(["config", "form", "forward ms", "/ direct", "max |score - direct|", "repetitions ms"],
+                               network_rows(args.network, args.reps)))
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}; medians of {args.reps} alternating repetitions")
+        return 0
     names = ["direct", "custom", "graph_slices", "graph_conv", "custom_input_transform", "matmuls",
              "custom_output_transform"]
     rows = []
