@@ -22,6 +22,12 @@ forms export to any MindSpore runtime and to ONNX; they only pay if they beat `d
 `--network CONFIG` times the whole forward instead (batch 1, random weights, BatchNorm folded as
 in the inference network), the eligible convolutions (m2det.winograd.eligible, >= 128 channels)
 in each form, alternating; the scores are compared with the direct network's.
+
+OMP_WAIT_POLICY defaults to PASSIVE here, as in bench_vs_torch.py: the C transforms are OpenMP
+loops, and with libgomp's default spinning barriers their threads keep spinning after each
+transform and take the 2 cores from the matmuls that follow. On the shared machine this made the
+custom form 1.63x the direct network's time instead of 0.90x (docs/BENCHMARKS.md, "The deployable
+model"); set OMP_WAIT_POLICY in the environment to compare.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import sys
 
 import numpy as np
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")      # read when libgomp starts: before any kernel runs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -204,7 +211,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     H.set_threads(args.threads)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    print(H.machine_description(), flush=True)
+    print(H.machine_description(), f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     if args.network:
         print(H.markdown_table(["config", "form", "forward ms", "/ direct", "max |score - direct|", "repetitions ms"],
                                network_rows(args.network, args.reps)))
