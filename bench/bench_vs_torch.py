@@ -10,6 +10,11 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              with BatchNorm folded into the convolutions (src/export/fold_bn.py,
                              the inference network), that folded network with its wide 3x3
                              convolutions computed by Winograd F(2x2, 3x3) (m2det/winograd.py),
+                             the MINDIR that export.py writes for CPU (src/export/exporter.py,
+                             written to a temporary folder, loaded with mindspore.load +
+                             nn.GraphCell as serve.py --mindir does; issue 18 item 4; with
+                             --mindir_direct also the MINDIR with direct convolutions,
+                             test.winograd=false, as export.py wrote it before),
                              and tests/reference/torch_m2det.py
     train step, batch 2      forward + MultiBox loss + backward + global-norm clip + SGD
                              (momentum, weight decay): the project's TrainStep with direct
@@ -72,6 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("--omp_wait_policy", choices=["passive", "active", "keep"], default="passive",
                         help="PyTorch's OpenMP barrier policy (see above); keep = leave the environment alone")
     parser.add_argument("--no_fold", action="store_true", help="skip the BN-folded inference networks")
+    parser.add_argument("--no_mindir", action="store_true", help="skip the exported-MINDIR forward variant")
+    parser.add_argument("--mindir_direct", action="store_true",
+                        help="also time a MINDIR exported with direct convolutions (test.winograd=false)")
     parser.add_argument("--no_winograd", action="store_true",
                         help="skip the Winograd forward variant (it needs `bash scripts/make.sh`)")
     parser.add_argument("--winograd_min_channels", type=int, default=128,
@@ -88,7 +96,24 @@ def parse_args(argv=None):
     return args
 
 
-def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_channels: int = 128) -> list[dict]:
+def exported_mindir(detector, cfg, folder: str, batch: int, winograd: bool, min_channels: int):
+    """What export.py writes for `batch` (BatchNorm folded, Winograd if `winograd`), loaded as
+    serve.py --mindir loads it."""
+    import mindspore as ms
+    import mindspore.nn as nn
+
+    from src.export import export_detector
+
+    path = os.path.join(folder, f"{cfg.config_name}_b{batch}.mindir")
+    export_detector(detector, cfg, path, "MINDIR", batch_size=batch, verify=False, use_winograd=winograd,
+                    winograd_min_channels=min_channels)
+    return nn.GraphCell(ms.load(path))
+
+
+def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_channels: int = 128,
+                 mindir: bool = True, mindir_direct: bool = False) -> list[dict]:
+    import tempfile
+
     import mindspore as ms
     import numpy as np
     import torch
@@ -105,6 +130,7 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
             networks.append(("mindspore_winograd", H.winograd_copy(detector, min_channels)))
     size = cfg.model.input_size
     rows = []
+    folder = tempfile.TemporaryDirectory(prefix="bench_mindir_")
     for batch in batches:
         x = np.random.default_rng(batch).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
         xm, xt = ms.Tensor(x), torch.from_numpy(x)
@@ -113,7 +139,14 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
             with torch.no_grad():
                 return reference(xt)[1].numpy()
 
-        cases = [(name, (lambda net=net: net(xm)[1].asnumpy())) for name, net in networks]
+        batch_networks = list(networks)
+        if mindir_direct:
+            batch_networks.append(("mindspore_mindir_direct",
+                                   exported_mindir(detector, cfg, folder.name, batch, False, min_channels)))
+        if mindir:      # a MINDIR has a fixed batch size: one file per batch
+            batch_networks.append(("mindspore_mindir",
+                                   exported_mindir(detector, cfg, folder.name, batch, winograd, min_channels)))
+        cases = [(name, (lambda net=net: net(xm)[1].asnumpy())) for name, net in batch_networks]
         cases.append(("pytorch", run_torch))
         first = H.alternate(cases, reps=1, warmup=0)        # compiles; kept as the "first call" time
         times = H.alternate(cases, reps=reps, warmup=0)
@@ -123,11 +156,18 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
             row[f"{name}_ms"] = 1e3 * H.median(times[name])
             row[f"{name}_first_ms"] = 1e3 * first[name][0]
         row["times_ms"] = {name: [round(1e3 * t, 1) for t in v] for name, v in times.items()}
+        if mindir:
+            row["mindir_winograd"] = bool(winograd)
+            # the exported file against the checkpoint path's network (the last in-process variant)
+            scores = [net(xm)[1].asnumpy() for net in (networks[-1][1], batch_networks[-1][1])]
+            row["mindir_max_abs_diff"] = float(np.abs(scores[1] - scores[0]).max())
         _ratios(row)
         rows.append(row)
         print(_line(row), flush=True)
+        del batch_networks, cases
     del networks, detector, reference
     gc.collect()
+    folder.cleanup()
     return rows
 
 
@@ -260,12 +300,17 @@ def set_fraction(rows: list[dict], ceiling: float) -> None:
 def _ratios(row: dict) -> None:
     """MindSpore/PyTorch ratios and GFLOP/s (the BN-folded network's, where there is one)."""
     pt = row["pytorch_ms"]
-    best = min(row[k] for k in ("mindspore_ms", "mindspore_folded_ms", "mindspore_winograd_ms") if k in row)
+    best = min(row[k] for k in ("mindspore_ms", "mindspore_folded_ms", "mindspore_winograd_ms",
+                                "mindspore_mindir_ms") if k in row)
     row["ratio"] = row["mindspore_ms"] / pt
     if "mindspore_folded_ms" in row:
         row["ratio_folded"] = row["mindspore_folded_ms"] / pt
     if "mindspore_winograd_ms" in row:
         row["ratio_winograd"] = row["mindspore_winograd_ms"] / pt
+    if "mindspore_mindir_ms" in row:
+        row["ratio_mindir"] = row["mindspore_mindir_ms"] / pt
+    if "mindspore_mindir_direct_ms" in row:
+        row["ratio_mindir_direct"] = row["mindspore_mindir_direct_ms"] / pt
     row["mindspore_gflops"] = row["gflop"] / (best / 1e3)
     row["pytorch_gflops"] = row["gflop"] / (pt / 1e3)
 
@@ -280,11 +325,14 @@ def _line(row: dict) -> str:
     return (f"  {row['config']} {row['case']} b{row['batch']}: MindSpore {_fmt(row['mindspore_ms'])} ms"
             + (f", folded {_fmt(row['mindspore_folded_ms'])} ms" if "mindspore_folded_ms" in row else "")
             + (f", Winograd {_fmt(row['mindspore_winograd_ms'])} ms" if "mindspore_winograd_ms" in row else "")
+            + (f", MINDIR {_fmt(row['mindspore_mindir_ms'])} ms" if "mindspore_mindir_ms" in row else "")
+            + (f", MINDIR direct {_fmt(row['mindspore_mindir_direct_ms'])} ms (MINDIR direct/PT "
+               f"{_fmt(row['ratio_mindir_direct'], 2)})" if "mindspore_mindir_direct_ms" in row else "")
             + f", PyTorch {_fmt(row['pytorch_ms'])} ms")
 
 
 TABLE_HEADERS = ["config", "case", "batch", "MindSpore ms", "MS BN-folded ms", "MS folded + Winograd ms",
-                 "PyTorch ms", "MS/PT", "folded/PT", "Winograd/PT", "GFLOP", "MS GFLOP/s", "PT GFLOP/s",
+                 "exported MINDIR ms", "PyTorch ms", "MS/PT", "folded/PT", "Winograd/PT", "MINDIR/PT", "GFLOP", "MS GFLOP/s", "PT GFLOP/s",
                  "MS 3x3-conv ceiling GFLOP/s", "MS % of ceiling"]
 
 
@@ -296,8 +344,9 @@ def table(rows: list[dict]) -> str:
         frac = r.get("fraction_of_peak")
         body.append([r["config"], r["case"], r["batch"], _fmt(r["mindspore_ms"]),
                      _fmt(r.get("mindspore_folded_ms")), _fmt(r.get("mindspore_winograd_ms")),
-                     _fmt(r["pytorch_ms"]), _fmt(r["ratio"], 2), _fmt(r.get("ratio_folded"), 2),
-                     _fmt(r.get("ratio_winograd"), 2), _fmt(r["gflop"]), _fmt(r["mindspore_gflops"]),
+                     _fmt(r.get("mindspore_mindir_ms")), _fmt(r["pytorch_ms"]), _fmt(r["ratio"], 2),
+                     _fmt(r.get("ratio_folded"), 2), _fmt(r.get("ratio_winograd"), 2),
+                     _fmt(r.get("ratio_mindir"), 2), _fmt(r["gflop"]), _fmt(r["mindspore_gflops"]),
                      _fmt(r["pytorch_gflops"]), _fmt(r["conv_peak_gflops"]),
                      "-" if frac is None else f"{100 * frac:.0f}%"])
     return markdown_table(TABLE_HEADERS, body)
@@ -339,7 +388,7 @@ def run_cases(args, path: str) -> list[dict]:
     rows = []
     if "forward" in args.cases:
         rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, not args.no_winograd,
-                             args.winograd_min_channels)
+                             args.winograd_min_channels, not args.no_mindir, args.mindir_direct)
     for case in ("train", "train_winograd"):
         if case in args.cases:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
@@ -355,7 +404,8 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--configs", path, "--cases", case,
            "--batches", *[str(b) for b in args.batches], "--train_batch", str(args.train_batch),
            "--reps", str(args.reps), "--threads", str(args.threads), "--omp_wait_policy", args.omp_wait_policy]
-    cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd
+    cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd + ["--no_mindir"] * args.no_mindir
+    cmd += ["--mindir_direct"] * args.mindir_direct
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
     cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")

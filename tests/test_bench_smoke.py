@@ -1,7 +1,8 @@
 """The issue-8 benchmarks in their short mode, so that they cannot rot (no timing assertions).
 
     bench/bench_vs_torch.py --short           one repetition, tiny config: the table has its rows and
-                                               every figure is a finite positive number
+                                               every figure is a finite positive number (the exported
+                                               MINDIR's too, with the checkpoint path's outputs)
     bench/bench_latency_memory.py --worker    one inference worker: the latency split and peak RSS
     bench/harness.py                          the PyTorch twin really is the same network (same
                                                outputs), and alternate() runs every case
@@ -55,6 +56,9 @@ def test_vs_torch_short_mode(tmp_path):
             assert positive(r[key]), (key, r)
     assert positive(rows[0]["mindspore_folded_ms"]) and positive(rows[0]["ratio_folded"])
     assert positive(rows[0]["mindspore_winograd_ms"]) and positive(rows[0]["ratio_winograd"])
+    # the exported MINDIR (Winograd, as export.py writes it for CPU) computes what the checkpoint path does
+    assert positive(rows[0]["mindspore_mindir_ms"]) and positive(rows[0]["ratio_mindir"])
+    assert rows[0]["mindir_winograd"] is True and rows[0]["mindir_max_abs_diff"] < 1e-3
     assert positive(result["conv_table_best_gflops"])
     assert result["settings"]["threads"] == 2 and result["settings"]["omp_wait_policy"] == "PASSIVE"
     table = stdout[stdout.index("| config | case |"):]

@@ -11,6 +11,13 @@ so a deployment needs no prior boxes. BatchNorm is folded into the convolutions 
 the prepared network and the written file are both run on a random input and compared with the
 network (relative difference: a warning above 1e-4, an error above 1e-3; --no_verify skips it).
 A JSON description of the inputs and outputs is written next to the file (F.json).
+
+A MINDIR for CPU (--device_target CPU, the default) also gets what eval.py / infer.py run: with
+test.winograd (on by default) the wide 3x3 convolutions are Winograd F(2x2, 3x3) cells whose
+transforms are custom operators in m2det/kernels/_winograd_f23.so. The graph names that library
+by its absolute path, so the file runs where this package is installed at that path (F.json:
+custom_op_library; serve.py / infer.py check it). `--set test.winograd=false` writes direct
+convolutions instead: a self-contained file, slower on CPU. ONNX always has direct convolutions.
 """
 from __future__ import annotations
 

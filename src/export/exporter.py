@@ -1,6 +1,7 @@
 """Export a detector (weights loaded) to MINDIR or ONNX.
 
     detector --copy--> fold BatchNorm (fold_bn.py) --[ONNX]--> exact op rewrites (onnx_compat.py)
+             --[MINDIR for CPU, test.winograd]--> wide 3x3 convolutions by Winograd F(2x2, 3x3)
              --[with_decode]--> + SSD decoding against the priors, boxes clipped to [0, 1]
              --check against the detector--> mindspore.export --check the file--> F + F.json
 
@@ -11,6 +12,17 @@ offsets and softmax scores (B, P, C); with decoding, boxes (B, P, 4) as normalis
 (x1, y1, x2, y2) in [0, 1] and the same scores, so a deployment needs no prior boxes. Other heads
 export what their `predict` returns. `F.json` beside the file records
 the input shape, the outputs and the config, which src/inference reads.
+
+A MINDIR for CPU gets the same network that eval.py / infer.py run from a checkpoint: BatchNorm
+folded and, with test.winograd (the default), the wide 3x3 convolutions as Winograd cells
+(m2det/winograd.py), whose transforms are "aot" custom operators in m2det/kernels/_winograd_f23.so.
+MindSpore stores that library's absolute path in the graph and opens it when the loaded graph
+first runs, so such a file needs this package installed at that path: the sidecar records it
+as `custom_op_library` and src/inference/predictor.py checks it before loading.
+`--set test.winograd=false` writes direct convolutions (a self-contained MINDIR, slower on CPU:
+docs/BENCHMARKS.md "The deployable model"). ONNX always has direct convolutions: its
+converter knows no custom operators, and the transforms written as standard operators were
+slower than direct convolution (same section).
 """
 from __future__ import annotations
 
@@ -27,9 +39,10 @@ import numpy as np
 
 from heads.box_coder import SSDBoxCoder, decode_graph
 from heads.multibox_head import MultiBoxHead
+from m2det import winograd
+from m2det.cells import refresh_parameter_names
 from src.builder import build_priors, input_policy
 from src.config_upgrade import CONFIG_VERSION
-from m2det.cells import refresh_parameter_names
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
 from src.model_info import sidecar_entries
@@ -80,31 +93,53 @@ def check_decodable(detector: nn.Cell) -> None:
                           f"without --with_decode (the file then holds what the head's predict() returns)")
 
 
-def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR",
-                         with_decode: bool = False) -> tuple[nn.Cell, dict]:
+def default_winograd(cfg, file_format: str, device_target: str) -> bool:
+    """Whether an export gets Winograd convolutions when not told: a MINDIR for CPU with
+    test.winograd on (what eval.py / infer.py run), if the compiled transforms exist."""
+    if file_format.upper() != "MINDIR" or device_target != "CPU" or not bool(cfg.test.get("winograd", False)):
+        return False
+    if not winograd.available():
+        log.warning("test.winograd: %s is not built (bash scripts/make.sh); the MINDIR keeps direct "
+                    "convolutions (slower on CPU)", winograd.LIBRARY)
+        return False
+    return True
+
+
+def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR", with_decode: bool = False,
+                         use_winograd: bool = False, winograd_min_channels: int = 128) -> tuple[nn.Cell, dict]:
     """An inference-mode copy of `detector` prepared for `file_format`; `detector` is left as it is.
 
-    Returns the network and {"folded_bn": [...], "rewritten": [...]}.
+    `use_winograd` (MINDIR only) computes the wide 3x3 convolutions by Winograd F(2x2, 3x3) as
+    the checkpoint path's inference network does (src/inference/fast_network.py).
+    Returns the network and {"folded_bn": [...], "rewritten": [...], "winograd": [...]}.
     """
     file_format = file_format.upper()
     if file_format not in FORMATS:
         raise ExportError(f"unsupported format {file_format!r} (supported: {', '.join(FORMATS)})")
+    if use_winograd and file_format != "MINDIR":
+        raise ExportError(f"Winograd convolutions are MindSpore custom operators, which {file_format} cannot "
+                          f"hold: export {file_format} with direct convolutions (test.winograd=false)")
+    if use_winograd and not winograd.available():
+        raise ExportError(f"Winograd convolutions need {winograd.LIBRARY} (bash scripts/make.sh), which is "
+                          f"missing; or export direct convolutions with test.winograd=false")
     if with_decode:
         check_decodable(detector)
     network = copy.deepcopy(detector)
     network.set_train(False)
     folded = fold_batchnorm(network)
-    rewritten = []
+    rewritten, fast = [], []
     if file_format == "ONNX":
         try:
             rewritten = make_onnx_compatible(network)
         except UnsupportedForExport as exc:
             raise ExportError(f"cannot export to ONNX: {exc}") from exc
+    if use_winograd:
+        fast = winograd.use_winograd(network, winograd_min_channels)
     if with_decode:
         network = DecodedDetector(network, build_priors(cfg).boxes(), cfg.priors.variance)
     refresh_parameter_names(network)
     network.set_train(False)
-    return network, {"folded_bn": folded, "rewritten": rewritten}
+    return network, {"folded_bn": folded, "rewritten": rewritten, "winograd": fast}
 
 
 def reference_outputs(detector: nn.Cell, images: np.ndarray, cfg, with_decode: bool) -> list[np.ndarray]:
@@ -215,8 +250,12 @@ def _describe_outputs(detector: nn.Cell, with_decode: bool) -> list[str]:
 
 def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR", batch_size: int = 1,
                     with_decode: bool = False, verify: bool = True, config_path: str = "",
-                    classes: list | None = None) -> dict:
+                    classes: list | None = None, use_winograd: bool | None = None,
+                    winograd_min_channels: int = 128) -> dict:
     """Export `detector` (weights loaded) to `out`; returns the metadata also written to `out`.json.
+
+    `use_winograd` None follows `default_winograd` (MINDIR, CPU device, test.winograd); a file
+    with Winograd cells records the library they need as `custom_op_library` in the metadata.
 
     With `verify`, the prepared network (BN folded, ops rewritten) is compared with the detector
     on a random input before exporting, and the written file is run and compared again (relative
@@ -238,9 +277,12 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
     height, width = input_policy(cfg).canvas()
     sample = np.random.default_rng(0).uniform(-120, 120, (batch_size, 3, height, width)).astype(np.float32)
 
-    network, changes = build_export_network(detector, cfg, file_format, with_decode)
-    log.info("folded %d BatchNorms, rewrote %d cells for %s", len(changes["folded_bn"]),
-             len(changes["rewritten"]), file_format)
+    if use_winograd is None:
+        use_winograd = default_winograd(cfg, file_format, ms.get_context("device_target"))
+    network, changes = build_export_network(detector, cfg, file_format, with_decode, use_winograd,
+                                            winograd_min_channels)
+    log.info("folded %d BatchNorms, rewrote %d cells for %s, %d Winograd convolutions", len(changes["folded_bn"]),
+             len(changes["rewritten"]), file_format, len(changes["winograd"]))
     prepared = [o.asnumpy() for o in network(ms.Tensor(sample))]
     # the multibox head's outputs are one row per prior; other heads' predict() keeps a top-k,
     # whose order float rounding may change among near-ties, so those are compared before predict()
@@ -286,6 +328,9 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         "num_priors": int(prepared[0].shape[1]) if elementwise else None,
         "folded_batchnorms": len(changes["folded_bn"]),
         "rewritten_cells": changes["rewritten"],
+        "winograd_convolutions": len(changes["winograd"]),
+        # MindSpore opens the custom operators' library at this path when the graph first runs
+        "custom_op_library": winograd.LIBRARY if changes["winograd"] else None,
         "max_relative_error": {"export_network": prepared_err, "file": file_err},
         "mindspore": ms.__version__,
         **sidecar_entries(cfg, classes),

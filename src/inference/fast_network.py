@@ -4,8 +4,9 @@
              --on CPU--> wide 3x3 convolutions by Winograd F(2x2, 3x3) (test.winograd, m2det/winograd.py)
 
 Both rewrites compute the same function up to float rounding (tests/test_winograd.py,
-tests/test_fast_paths.py); the exported MINDIR folds BatchNorm too but keeps direct
-convolutions (the Winograd transforms are CPU custom operators, not portable graph ops).
+tests/test_fast_paths.py). export.py writes the same network into a MINDIR for CPU
+(src/export/exporter.py, tests/test_export_winograd.py); ONNX keeps direct convolutions (the
+Winograd transforms are CPU custom operators, not portable graph ops).
 """
 from __future__ import annotations
 

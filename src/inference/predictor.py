@@ -63,6 +63,26 @@ def _recorded_priors(meta: dict) -> Optional[int]:
     return None
 
 
+def check_custom_op_library(path: str, meta: dict, device_target: str = "CPU") -> None:
+    """Refuse a MINDIR whose custom operators' library (export.py's `custom_op_library`) is missing,
+    or that would run them on a device other than the CPU they are written for.
+
+    A MINDIR with Winograd convolutions names m2det/kernels/_winograd_f23.so by its absolute
+    path at export time; MindSpore would only fail on the first call, deep in graph compilation.
+    """
+    library = meta.get("custom_op_library")
+    if library and device_target != "CPU":
+        raise PredictorError(
+            f"{path} computes its 3x3 convolutions with CPU custom operators ({library}) and cannot run on "
+            f"{device_target}: export the checkpoint with --device_target {device_target} (direct convolutions)")
+    if library and not os.path.isfile(library):
+        raise PredictorError(
+            f"{path} computes its 3x3 convolutions with custom operators from {library} (recorded in the "
+            f"graph at export), which does not exist here: install this package at that path (and build it: "
+            f"bash scripts/make.sh), or export the checkpoint again on this machine; `export.py --set "
+            f"test.winograd=false` writes a self-contained MINDIR with direct convolutions")
+
+
 @dataclass(frozen=True)
 class ExpectedModel:
     """What a config makes of a network, to compare with an exported MINDIR's description.
