@@ -138,7 +138,7 @@ def worker_train(cfg, reps: int, batch: int) -> dict:
     if cfg.train.winograd:
         from m2det.winograd import use_winograd
 
-        use_winograd(detector, trainable=True)
+        use_winograd(detector, cfg.train.winograd_min_channels, trainable=True)
     step = H.mindspore_train_step(detector, cfg)
     inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
     built_rss = current_rss_mib()
