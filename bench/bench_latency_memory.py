@@ -19,7 +19,8 @@ Every measurement runs in a fresh process (`--worker`), so that its peak residen
             (prior, class) scores above the score threshold that reached NMS: random weights
             make it unlike a trained model's, so `--eval` measures the real split.
     train   the project's TrainStep (forward + loss + backward + clip + SGD), batch 2, with
-            Winograd convolutions when the config says train.winograd: true. Besides the steady
+            Winograd convolutions (down to train.winograd_min_channels) when the config says
+            train.winograd: true. Besides the steady
             step: the first step (`first_call_s` = graph compilation, timed alone with
             Cell.compile as `compile_s`, + the first execution `first_run_s`) and the resident set
             after building the network, after compiling (`compile_rss_mib` = what compilation
