@@ -19,7 +19,8 @@ Every measurement runs in a fresh process (`--worker`), so that its peak residen
             (prior, class) scores above the score threshold that reached NMS: random weights
             make it unlike a trained model's, so `--eval` measures the real split.
     train   the project's TrainStep (forward + loss + backward + clip + SGD), batch 2, with
-            Winograd convolutions when the config says train.winograd: true. Besides the steady
+            Winograd convolutions (down to train.winograd_min_channels) when the config says
+            train.winograd: true. Besides the steady
             step: the first step (`first_call_s` = graph compilation, timed alone with
             Cell.compile as `compile_s`, + the first execution `first_run_s`) and the resident set
             after building the network, after compiling (`compile_rss_mib` = what compilation
@@ -137,7 +138,7 @@ def worker_train(cfg, reps: int, batch: int) -> dict:
     if cfg.train.winograd:
         from m2det.winograd import use_winograd
 
-        use_winograd(detector, trainable=True)
+        use_winograd(detector, cfg.train.winograd_min_channels, trainable=True)
     step = H.mindspore_train_step(detector, cfg)
     inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
     built_rss = current_rss_mib()

@@ -235,6 +235,25 @@ def test_trainer_uses_winograd_on_cpu_only(caplog):
     assert net.cell_list[0].weight is weight
 
 
+def test_trainer_takes_the_channel_threshold_from_the_config():
+    """train.winograd_min_channels reaches the swap: with the schema's default (16) the narrow
+    128 -> 16 convolution is swapped too (its direct backward would keep a oneDNN im2col buffer
+    for the whole run), with 128 only the wide one; narrower than the threshold stays direct."""
+    from src.training.trainer import _use_winograd_for_training
+
+    def swapped(min_channels):
+        net = nn.SequentialCell([nn.Conv2d(128, 128, 3, pad_mode="pad", padding=1),
+                                 nn.Conv2d(128, 16, 3, pad_mode="pad", padding=1),
+                                 nn.Conv2d(16, 8, 3, pad_mode="pad", padding=1)])
+        _use_winograd_for_training(net, "CPU", "O0", min_channels)
+        return [type(c).__name__ for c in net.cell_list]
+
+    default = load_config(TINY).train.winograd_min_channels
+    assert default == 16
+    assert swapped(default) == ["WinogradConv2d", "WinogradConv2d", "Conv2d"]
+    assert swapped(128) == ["WinogradConv2d", "Conv2d", "Conv2d"]
+
+
 def test_custom_op_rejects_other_dtypes():
     x = ms.Tensor(np.zeros((1, 2, 4, 4), np.float16))
     with pytest.raises(Exception):

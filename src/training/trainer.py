@@ -119,8 +119,13 @@ def train(cfg, opts: TrainOptions) -> dict:
         stop.uninstall()
 
 
-def _use_winograd_for_training(detector, device_target: str, amp_level: str) -> None:
-    """train.winograd: eligible 3x3 convolutions by Winograd F(2x2, 3x3) (m2det/winograd.py), CPU only."""
+def _use_winograd_for_training(detector, device_target: str, amp_level: str, min_channels: int = 128) -> None:
+    """train.winograd: eligible 3x3 convolutions of at least `min_channels` input and output channels
+    by Winograd F(2x2, 3x3) (m2det/winograd.py), CPU only.
+
+    Besides speed this saves memory: the backward of a direct convolution on CPU (oneDNN's gemm
+    convolution) keeps its im2col scratch buffer for the whole run, one per layer, outside
+    MindSpore's memory pool (docs/BENCHMARKS.md "Compile cost", issue 18)."""
     if device_target != "CPU" or amp_level != "O0":
         log.info("train.winograd applies to float32 training on CPU only; using direct convolutions on %s (%s)",
                  device_target, amp_level)
@@ -129,7 +134,7 @@ def _use_winograd_for_training(detector, device_target: str, amp_level: str) -> 
         log.warning("train.winograd: %s is not built (bash scripts/make.sh); training with direct convolutions",
                     winograd.LIBRARY)
         return
-    replaced = winograd.use_winograd(detector, trainable=True)
+    replaced = winograd.use_winograd(detector, min_channels, trainable=True)
     log.info("train.winograd: %d convolutions use Winograd F(2x2, 3x3)", len(replaced))
 
 
@@ -238,7 +243,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
     if amp_level == "O2":
         apply_o2(detector)
     if tcfg.winograd:
-        _use_winograd_for_training(detector, opts.device_target, amp_level)
+        _use_winograd_for_training(detector, opts.device_target, amp_level, tcfg.winograd_min_channels)
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
