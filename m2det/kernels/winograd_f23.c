@@ -32,7 +32,7 @@
  * started and joined per call, not OpenMP: libgomp's idle threads spin after every parallel
  * region (OMP_WAIT_POLICY unset, which train.py cannot change once MindSpore has loaded
  * libgomp), and next to MindSpore's own thread pool on a busy 2-core machine that spinning made
- * a training step with these kernels 3.2x slower (docs/BENCHMARKS.md, issue 18 item 3).
+ * a training step with these kernels 2.6-3.2x slower (docs/BENCHMARKS.md, issue 18 item 3).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
