@@ -102,3 +102,18 @@ def test_empty_images_and_classes():
         _, objects = render_synthetic_image(np.random.default_rng(seed))
         names |= {o["category_id"] for o in objects}
     assert names == {c for c, _ in CATEGORIES}
+
+
+def test_workers_write_the_same_files_as_a_serial_run(dataset, tmp_path):
+    # the quickstart renders with 2 processes; its data must be the serial generator's, byte for byte
+    parallel = str(tmp_path / "parallel")
+    make_synthetic_coco(parallel, num_train=12, num_val=4, seed=3, workers=2)
+    for split, n in (("train", 12), ("val", 4)):
+        rel = f"annotations/instances_{split}.json"
+        assert read_bytes(os.path.join(parallel, rel)) == read_bytes(os.path.join(dataset, rel))
+        names = sorted(os.listdir(os.path.join(dataset, split)))
+        assert len(names) == n and sorted(os.listdir(os.path.join(parallel, split))) == names
+        for name in names:
+            assert read_bytes(os.path.join(parallel, split, name)) == read_bytes(os.path.join(dataset, split, name))
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        make_synthetic_coco(str(tmp_path / "none"), num_train=1, num_val=0, workers=0)

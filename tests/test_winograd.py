@@ -281,3 +281,29 @@ def test_inference_network_options():
     x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 128, 6, 7)).astype(np.float32))
     net.set_train(False)
     assert rel_error(net(x).asnumpy(), fast(x).asnumpy()) < 1e-5
+
+
+def test_kernels_do_not_use_openmp():
+    # libgomp's idle threads spin after every parallel region; next to MindSpore's thread pool on a
+    # busy 2-core machine that made a training step 3x slower (docs/BENCHMARKS.md, issue 18 item 3)
+    with open(winograd.LIBRARY, "rb") as f:
+        assert b"GOMP_" not in f.read()
+
+
+def test_threaded_planes_match_direct_convolution(monkeypatch):
+    # large enough for 3 threads (>= 3 x 16,384 values), with planes that do not split evenly
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    n, c, k, h, w = 2, 7, 5, 60, 59
+    rng = np.random.default_rng(11)
+    conv = direct_conv((rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32),
+                       rng.standard_normal(k).astype(np.float32))
+    fast = winograd.WinogradConv2d(conv.weight, conv.bias, trainable=True)
+    x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
+    r = ms.Tensor(rng.standard_normal((n, k, h, w)).astype(np.float32))
+    results = []
+    for net in (conv, fast):
+        grad_fn = ms.value_and_grad(_WeightedSum(net, r), grad_position=0, weights=[conv.weight, conv.bias])
+        value, (dx, (dw, db)) = grad_fn(x)
+        results.append([net(x).asnumpy(), value.asnumpy(), dx.asnumpy(), dw.asnumpy(), db.asnumpy()])
+    for name, a, b in zip(["output", "value", "dx", "dweight", "dbias"], *results):
+        assert rel_error(a, b) < 1e-5, name

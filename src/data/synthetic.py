@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -285,24 +286,45 @@ def _pick_colour(rng: np.random.Generator, local_mean: np.ndarray) -> np.ndarray
 
 # ---------------------------------------------------------------------- dataset
 
-def _write_split(out_dir: str, split: str, num_images: int, seed: int, spec: SyntheticConfig) -> str:
+def _render_and_write(job: tuple) -> tuple[dict, list]:
+    """Image k of a split: render, write the JPEG, return (image record, its objects)."""
+    image_dir, split, k, seed, spec = job
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], k])
+    image, objects = render_synthetic_image(rng, spec)
+    image_id = k + 1
+    file_name = f"{image_id:06d}.jpg"
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
+    if not ok:
+        raise RuntimeError(f"could not encode {file_name}")
+    with open(os.path.join(image_dir, file_name), "wb") as f:
+        f.write(buf.tobytes())
+    record = {"id": image_id, "file_name": file_name, "width": int(image.shape[1]), "height": int(image.shape[0])}
+    return record, objects
+
+
+def _single_threaded_opencv() -> None:
+    # each worker is a process of its own: OpenCV's thread pool would oversubscribe the cores
+    cv2.setNumThreads(1)
+
+
+def _write_split(out_dir: str, split: str, num_images: int, seed: int, spec: SyntheticConfig,
+                 workers: int = 1) -> str:
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
+    jobs = [(image_dir, split, k, seed, spec) for k in range(num_images)]
+    if workers > 1 and num_images > 1:
+        # every image has its own generator, so the files do not depend on who renders them;
+        # "spawn": the caller may hold threads (MindSpore) that a forked child must not inherit
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, num_images), initializer=_single_threaded_opencv) as pool:
+            rendered = pool.map(_render_and_write, jobs, chunksize=max(1, min(32, num_images // (4 * workers))))
+    else:
+        rendered = map(_render_and_write, jobs)
     images, annotations = [], []
-    for k in range(num_images):
-        rng = np.random.default_rng([seed, SPLIT_CODES[split], k])
-        image, objects = render_synthetic_image(rng, spec)
-        image_id = k + 1
-        file_name = f"{image_id:06d}.jpg"
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
-        if not ok:
-            raise RuntimeError(f"could not encode {file_name}")
-        with open(os.path.join(image_dir, file_name), "wb") as f:
-            f.write(buf.tobytes())
-        images.append({"id": image_id, "file_name": file_name,
-                       "width": int(image.shape[1]), "height": int(image.shape[0])})
+    for record, objects in rendered:           # in image order: ids as in a serial run
+        images.append(record)
         for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
+            annotations.append({"id": len(annotations) + 1, "image_id": record["id"], "iscrowd": 0, **obj})
     data = {
         "info": {"description": f"synthetic {spec.kind}, split {split}, seed {seed}"},
         "images": images,
@@ -318,18 +340,21 @@ def _write_split(out_dir: str, split: str, num_images: int, seed: int, spec: Syn
 
 
 def make_synthetic_coco(out_dir: str, num_train: int, num_val: int, seed: int = 0,
-                        spec: Optional[SyntheticConfig] = None) -> dict:
+                        spec: Optional[SyntheticConfig] = None, workers: int = 1) -> dict:
     """Write the dataset; returns {"train": ann_path, "val": ann_path, "root": out_dir}.
 
     The layout matches the `data:` defaults of configs/base.yaml (root + annotations/
     instances_{split}.json + {split}/), so `data.root=OUT` is all a config needs.
+    `workers` > 1 renders in that many processes; the files are byte-identical to a serial run.
     """
     spec = spec or SyntheticConfig()
     if spec.kind not in KINDS:
         raise ValueError(f"unknown synthetic dataset kind {spec.kind!r} (known: {', '.join(KINDS)})")
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     paths = {"root": out_dir}
     for split, n in (("train", num_train), ("val", num_val)):
-        paths[split] = _write_split(out_dir, split, n, seed, spec)
+        paths[split] = _write_split(out_dir, split, n, seed, spec, int(workers))
     return paths
 
 
@@ -348,10 +373,12 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="largest object side as a fraction of the shorter image side")
     parser.add_argument("--min-side", type=int, default=defaults.min_side, help="smallest image side")
     parser.add_argument("--max-side", type=int, default=defaults.max_side, help="largest image side")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that render images (same files as 1; the quickstart uses 2)")
     args = parser.parse_args(argv)
     spec = SyntheticConfig(min_size=args.min_size, max_size_frac=args.max_size_frac,
-                           min_side=args.min_side, max_side=args.max_side, kind=args.kind)
-    paths = make_synthetic_coco(args.out, args.train, args.val, args.seed, spec)
+                          min_side=args.min_side, max_side=args.max_side, kind=args.kind)
+    paths = make_synthetic_coco(args.out, args.train, args.val, args.seed, spec, workers=args.workers)
     print(f"wrote {args.train} train / {args.val} val images to {paths['root']}")
 
 
