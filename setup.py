@@ -32,7 +32,7 @@ WINOGRAD_SOURCE = os.path.join("m2det", "kernels", "winograd_f23.c")
 WINOGRAD_LIBRARY = os.path.join("m2det", "kernels", "_winograd_f23.so")
 # the same command as scripts/make.sh; the library is not a Python module, so it is compiled
 # directly rather than as an Extension (which would add Python's flags and an ABI-tagged name)
-WINOGRAD_FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
+WINOGRAD_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
 
 
 class BuildExtensionsAndKernels(build_ext):

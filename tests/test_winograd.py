@@ -7,6 +7,9 @@ convolution on the same weights.
 """
 import copy
 import logging
+import os
+import subprocess
+import sys
 
 import mindspore as ms
 import mindspore.nn as nn
@@ -17,6 +20,8 @@ import pytest
 from m2det import winograd
 from src.builder import build_detector
 from src.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
@@ -283,16 +288,22 @@ def test_inference_network_options():
     assert rel_error(net(x).asnumpy(), fast(x).asnumpy()) < 1e-5
 
 
-def test_kernels_do_not_use_openmp():
-    # libgomp's idle threads spin after every parallel region; next to MindSpore's thread pool on a
-    # busy 2-core machine that made a training step 3x slower (docs/BENCHMARKS.md, issue 18 item 3)
-    with open(winograd.LIBRARY, "rb") as f:
-        assert b"GOMP_" not in f.read()
+def test_importing_the_project_makes_idle_openmp_threads_sleep():
+    # the transforms are OpenMP loops; libgomp's idle threads spin after every parallel region
+    # unless OMP_WAIT_POLICY=PASSIVE, read when libgomp starts: next to MindSpore's own thread
+    # pool that made a Winograd training step ~3x slower on a busy machine (docs/BENCHMARKS.md,
+    # issue 18 item 3). `src` sets it before anything imports MindSpore; a user's value wins.
+    code = "import os, src; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "PASSIVE", run.stderr
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                         capture_output=True, text=True)
+    assert run.stdout.strip() == "ACTIVE", run.stderr
 
 
-def test_threaded_planes_match_direct_convolution(monkeypatch):
-    # large enough for 3 threads (>= 3 x 16,384 values), with planes that do not split evenly
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+def test_uneven_planes_match_direct_convolution():
+    # planes that do not split evenly over the threads
     n, c, k, h, w = 2, 7, 5, 60, 59
     rng = np.random.default_rng(11)
     conv = direct_conv((rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32),
