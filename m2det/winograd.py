@@ -20,6 +20,7 @@ Without the compiled library `available()` is False and `use_winograd` raises a 
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import mindspore as ms
@@ -27,6 +28,8 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 from m2det.cells import refresh_parameter_names, replace_child, walk
+
+log = logging.getLogger("m2det.winograd")
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_winograd_f23.so")
 
@@ -39,6 +42,17 @@ GG = np.kron(G, G)
 def available() -> bool:
     """Whether the compiled transforms exist (`bash scripts/make.sh` builds them)."""
     return os.path.isfile(LIBRARY)
+
+
+def usable(device_target: str, setting: str) -> bool:
+    """Whether Winograd cells can run here: on CPU, with the compiled transforms. A missing
+    library is logged as a warning naming `setting`, the option that asked for them."""
+    if device_target != "CPU":
+        return False
+    if not available():
+        log.warning("%s: %s is not built (bash scripts/make.sh); using direct convolutions", setting, LIBRARY)
+        return False
+    return True
 
 
 def transform_weight(weight: np.ndarray) -> np.ndarray:

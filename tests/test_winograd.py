@@ -301,3 +301,12 @@ def test_importing_the_project_makes_idle_openmp_threads_sleep():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
                          capture_output=True, text=True)
     assert run.stdout.strip() == "ACTIVE", run.stderr
+
+
+def test_usable_only_on_cpu_with_the_library(monkeypatch, caplog):
+    assert winograd.usable("CPU", "test.winograd")
+    assert not winograd.usable("GPU", "test.winograd")
+    monkeypatch.setattr(winograd, "LIBRARY", "/nonexistent/_winograd_f23.so")
+    with caplog.at_level(logging.WARNING, logger="m2det.winograd"):
+        assert not winograd.usable("CPU", "train.winograd")
+    assert "train.winograd" in caplog.text and "/nonexistent/_winograd_f23.so" in caplog.text

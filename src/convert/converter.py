@@ -51,6 +51,7 @@ class ConversionReport:
     unmapped: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     shape_mismatches: list = field(default_factory=list)
+    mismatched_file_shapes: dict = field(default_factory=dict)   # our name -> the file's shape
     not_in_network: list = field(default_factory=list)
     adapted: list = field(default_factory=list)
     non_tensors: list = field(default_factory=list)
@@ -141,6 +142,7 @@ def convert_state_dict(source: dict, target_shapes: dict, name_map: NameMap,
         expected = tuple(target_shapes[name])
         if tuple(value.shape) != expected:
             report.shape_mismatches.append(f"{key} -> {name}: file {tuple(value.shape)} vs network {expected}")
+            report.mismatched_file_shapes[name] = tuple(value.shape)
             mismatched.add(name)
             continue
         report.tensors[name] = value.astype(np.float32) if value.dtype != np.float32 else value
@@ -217,15 +219,14 @@ def convert_m2det(pth_path: str, cfg, out: str) -> ConversionReport:
 
 def _release_class_hints(report: ConversionReport, head) -> list[str]:
     """The class count a release file's conf layers imply, when they do not fit the config's."""
-    first = f"conf.0.weight -> head.conf_convs.0.weight: file ("
-    for line in report.shape_mismatches:
-        if line.startswith(first):
-            columns = int(line[len(first):].split(",")[0]) // head.num_anchors[0]
-            # the release's num_classes (81 for COCO) counts the background column
-            return [f"the file's conf layers predict {columns} softmax columns per prior (background + "
-                    f"{columns - 1} classes): set model.num_classes={columns - 1} (the object classes; the "
-                    f"config has {head.num_classes})"]
-    return []
+    shape = report.mismatched_file_shapes.get("head.conf_convs.0.weight")
+    if shape is None:
+        return []
+    columns = shape[0] // head.num_anchors[0]
+    # the release's num_classes (81 for COCO) counts the background column
+    return [f"the file's conf layers predict {columns} softmax columns per prior (background + "
+            f"{columns - 1} classes): set model.num_classes={columns - 1} (the object classes; the "
+            f"config has {head.num_classes})"]
 
 
 def convert_mmdet(pth_path: str, cfg, out: str) -> ConversionReport:

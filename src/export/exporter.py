@@ -96,13 +96,8 @@ def check_decodable(detector: nn.Cell) -> None:
 def default_winograd(cfg, file_format: str, device_target: str) -> bool:
     """Whether an export gets Winograd convolutions when not told: a MINDIR for CPU with
     test.winograd on (what eval.py / infer.py run), if the compiled transforms exist."""
-    if file_format.upper() != "MINDIR" or device_target != "CPU" or not bool(cfg.test.get("winograd", False)):
-        return False
-    if not winograd.available():
-        log.warning("test.winograd: %s is not built (bash scripts/make.sh); the MINDIR keeps direct "
-                    "convolutions (slower on CPU)", winograd.LIBRARY)
-        return False
-    return True
+    return (file_format.upper() == "MINDIR" and bool(cfg.test.get("winograd", False))
+            and winograd.usable(device_target, "test.winograd"))
 
 
 def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR", with_decode: bool = False,

@@ -31,11 +31,7 @@ def inference_network(detector, *, fold_bn: bool = False, use_winograd: bool = F
 
     device_target = device_target or ms.get_context("device_target")
     fold = bool(fold_bn)
-    fast_conv = bool(use_winograd) and device_target == "CPU"
-    if fast_conv and not winograd.available():
-        log.warning("test.winograd: %s is not built (bash scripts/make.sh); using direct convolutions",
-                    winograd.LIBRARY)
-        fast_conv = False
+    fast_conv = bool(use_winograd) and winograd.usable(device_target, "test.winograd")
     detector.set_train(False)
     if not (fold or fast_conv):
         return detector

@@ -130,9 +130,7 @@ def _use_winograd_for_training(detector, device_target: str, amp_level: str, min
         log.info("train.winograd applies to float32 training on CPU only; using direct convolutions on %s (%s)",
                  device_target, amp_level)
         return
-    if not winograd.available():
-        log.warning("train.winograd: %s is not built (bash scripts/make.sh); training with direct convolutions",
-                    winograd.LIBRARY)
+    if not winograd.usable(device_target, "train.winograd"):
         return
     replaced = winograd.use_winograd(detector, min_channels, trainable=True)
     log.info("train.winograd: %d convolutions use Winograd F(2x2, 3x3)", len(replaced))
