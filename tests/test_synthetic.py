@@ -117,3 +117,22 @@ def test_workers_write_the_same_files_as_a_serial_run(dataset, tmp_path):
             assert read_bytes(os.path.join(parallel, split, name)) == read_bytes(os.path.join(dataset, split, name))
     with pytest.raises(ValueError, match="workers must be >= 1"):
         make_synthetic_coco(str(tmp_path / "none"), num_train=1, num_val=0, workers=0)
+
+
+def test_an_interrupted_run_leaves_the_previous_annotations_whole(tmp_path, monkeypatch):
+    # the annotation file says which images exist: a run that fails while writing it must not
+    # leave a truncated one behind (the old file stays until the new one is complete)
+    out = str(tmp_path / "data")
+    make_synthetic_coco(out, num_train=2, num_val=0, seed=0)
+    ann = os.path.join(out, "annotations", "instances_train.json")
+    before = read_bytes(ann)
+
+    def fail_midway(obj, f, **kwargs):
+        f.write('{"images": [')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        make_synthetic_coco(out, num_train=3, num_val=0, seed=0)
+    assert read_bytes(ann) == before
+    assert [n for n in os.listdir(os.path.dirname(ann)) if n.endswith(".tmp")] == []

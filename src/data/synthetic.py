@@ -44,6 +44,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from src.utils.io import atomic_write
+
 CATEGORIES = [  # (COCO id, name); ids are non-contiguous on purpose
     (1, "circle"), (2, "rectangle"), (4, "triangle"), (5, "star"), (7, "cross"),
 ]
@@ -334,7 +336,8 @@ def _write_split(out_dir: str, split: str, num_images: int, seed: int, spec: Syn
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     ann_path = os.path.join(ann_dir, f"instances_{split}.json")
-    with open(ann_path, "w", encoding="utf-8") as f:
+    # written last and atomically: a file that exists describes images that all exist
+    with atomic_write(ann_path, "w") as f:
         json.dump(data, f, separators=(",", ":"))
     return ann_path
 
