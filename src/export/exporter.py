@@ -1,7 +1,8 @@
 """Export a detector (weights loaded) to MINDIR or ONNX.
 
     detector --copy--> fold BatchNorm (fold_bn.py) --[ONNX]--> exact op rewrites (onnx_compat.py)
-             --[MINDIR for CPU, test.winograd]--> wide 3x3 convolutions by Winograd F(2x2, 3x3)
+             --[MINDIR for CPU, test.winograd]--> wide 3x3 convolutions by Winograd (F(4x4, 3x3) /
+                                                  F(2x2, 3x3) / direct by map size, test.winograd_tile)
              --[with_decode]--> + SSD decoding against the priors, boxes clipped to [0, 1]
              --check against the detector--> mindspore.export --check the file--> F + F.json
 
@@ -41,7 +42,7 @@ from heads.box_coder import SSDBoxCoder, decode_graph
 from heads.multibox_head import MultiBoxHead
 from m2det import winograd
 from m2det.cells import refresh_parameter_names
-from src.builder import build_priors, input_policy
+from src.builder import build_priors, input_policy, winograd_tile as configured_winograd_tile
 from src.config_upgrade import CONFIG_VERSION
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
@@ -101,11 +102,13 @@ def default_winograd(cfg, file_format: str, device_target: str) -> bool:
 
 
 def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR", with_decode: bool = False,
-                         use_winograd: bool = False, winograd_min_channels: int = 128) -> tuple[nn.Cell, dict]:
+                         use_winograd: bool = False, winograd_min_channels: int = 128, winograd_tile: int = 2,
+                         input_shape=None) -> tuple[nn.Cell, dict]:
     """An inference-mode copy of `detector` prepared for `file_format`; `detector` is left as it is.
 
-    `use_winograd` (MINDIR only) computes the wide 3x3 convolutions by Winograd F(2x2, 3x3) as
-    the checkpoint path's inference network does (src/inference/fast_network.py).
+    `use_winograd` (MINDIR only) computes the wide 3x3 convolutions by Winograd as the checkpoint
+    path's inference network does (src/inference/fast_network.py): `winograd_tile` 2 F(2x2, 3x3),
+    4 F(4x4, 3x3) / F(2x2, 3x3) / direct by each layer's map size for `input_shape` (m2det/winograd.py).
     Returns the network and {"folded_bn": [...], "rewritten": [...], "winograd": [...]}.
     """
     file_format = file_format.upper()
@@ -129,7 +132,7 @@ def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR", wi
         except UnsupportedForExport as exc:
             raise ExportError(f"cannot export to ONNX: {exc}") from exc
     if use_winograd:
-        fast = winograd.use_winograd(network, winograd_min_channels)
+        fast = winograd.use_winograd(network, winograd_min_channels, tile=winograd_tile, input_shape=input_shape)
     if with_decode:
         network = DecodedDetector(network, build_priors(cfg).boxes(), cfg.priors.variance)
     refresh_parameter_names(network)
@@ -246,11 +249,12 @@ def _describe_outputs(detector: nn.Cell, with_decode: bool) -> list[str]:
 def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR", batch_size: int = 1,
                     with_decode: bool = False, verify: bool = True, config_path: str = "",
                     classes: list | None = None, use_winograd: bool | None = None,
-                    winograd_min_channels: int = 128) -> dict:
+                    winograd_min_channels: int = 128, winograd_tile: int | None = None) -> dict:
     """Export `detector` (weights loaded) to `out`; returns the metadata also written to `out`.json.
 
-    `use_winograd` None follows `default_winograd` (MINDIR, CPU device, test.winograd); a file
-    with Winograd cells records the library they need as `custom_op_library` in the metadata.
+    `use_winograd` None follows `default_winograd` (MINDIR, CPU device, test.winograd), and
+    `winograd_tile` None test.winograd_tile (the tiles are chosen for the exported input shape);
+    a file with Winograd cells records the library they need as `custom_op_library` in the metadata.
 
     With `verify`, the prepared network (BN folded, ops rewritten) is compared with the detector
     on a random input before exporting, and the written file is run and compared again (relative
@@ -274,8 +278,10 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
 
     if use_winograd is None:
         use_winograd = default_winograd(cfg, file_format, ms.get_context("device_target"))
+    if winograd_tile is None:
+        winograd_tile = configured_winograd_tile(cfg)
     network, changes = build_export_network(detector, cfg, file_format, with_decode, use_winograd,
-                                            winograd_min_channels)
+                                            winograd_min_channels, winograd_tile, sample.shape)
     log.info("folded %d BatchNorms, rewrote %d cells for %s, %d Winograd convolutions", len(changes["folded_bn"]),
              len(changes["rewritten"]), file_format, len(changes["winograd"]))
     prepared = [o.asnumpy() for o in network(ms.Tensor(sample))]
@@ -324,6 +330,7 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         "folded_batchnorms": len(changes["folded_bn"]),
         "rewritten_cells": changes["rewritten"],
         "winograd_convolutions": len(changes["winograd"]),
+        "winograd_tiles": winograd.describe(network),
         # MindSpore opens the custom operators' library at this path when the graph first runs
         "custom_op_library": winograd.LIBRARY if changes["winograd"] else None,
         "max_relative_error": {"export_network": prepared_err, "file": file_err},
