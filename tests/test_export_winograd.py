@@ -1,5 +1,5 @@
 """The exported MINDIR runs the checkpoint path's network: BatchNorm folded and the wide 3x3
-convolutions by Winograd F(2x2, 3x3) (issue 18 item 4).
+convolutions by Winograd F(4x4, 3x3) / F(2x2, 3x3) by map size (issue 18 item 4).
 
 Independent truth: the detector's own outputs (direct convolutions, BatchNorm unfolded), the
 list of eligible convolutions counted here from the network's layers, the node scopes written
@@ -105,6 +105,7 @@ def test_fresh_process_loads_and_runs_the_mindir(wide, tmp_path):
     cfg, detector = wide
     out = tmp_path / "fresh.mindir"
     export_detector(detector, cfg, str(out), "MINDIR", batch_size=1, with_decode=True)
+    assert b"WinogradF43Input" in out.read_bytes()              # test.winograd_tile 4 (the default)
     x = images(1, seed=7)
     np.save(tmp_path / "x.npy", x)
     want = [o.asnumpy() for o in build_export_network(detector, cfg, "MINDIR", with_decode=True)[0](ms.Tensor(x))]
@@ -120,6 +121,26 @@ def test_fresh_process_loads_and_runs_the_mindir(wide, tmp_path):
     got = np.load(tmp_path / "y.npz")
     for i, a in enumerate(want):
         np.testing.assert_allclose(got[f"arr_{i}"], a, rtol=0, atol=1e-4 * max(1.0, float(np.abs(a).max())))
+
+
+def test_mindir_tiles_follow_test_winograd_tile(wide, tmp_path):
+    cfg, detector = wide
+    x = images(2, seed=9)
+    want = [o.asnumpy() for o in detector(ms.Tensor(x))]
+    kernels = {}
+    for tile in (4, 2):
+        out = tmp_path / f"tile{tile}.mindir"
+        meta = export_detector(detector, load_config(TINY, WIDE + [f"test.winograd_tile={tile}"]), str(out),
+                               "MINDIR", batch_size=2)
+        assert meta["winograd_convolutions"] == len(wide_3x3(detector))
+        kernels[tile] = set(re.findall(rb"_winograd_f23\.so:(Winograd\w+)", out.read_bytes()))
+        for a, b in zip(want, run_exported(str(out), "MINDIR", x)):
+            assert np.abs(a - b).max() / max(1.0, np.abs(a).max()) < 1e-4
+        tiles = meta["winograd_tiles"]
+        # conv4_2, conv4_3 at 16 x 16; conv5_1..3 at 8 x 8 (conv4_1 has 64 input channels)
+        assert tiles == ("F(4x4, 3x3): 2, F(2x2, 3x3): 3" if tile == 4 else "F(2x2, 3x3): 5")
+    assert kernels[4] == {b"WinogradF43Input", b"WinogradF43Output", b"WinogradInput", b"WinogradOutput"}
+    assert kernels[2] == {b"WinogradInput", b"WinogradOutput"}
 
 
 def test_missing_library_is_a_clear_error(wide, tmp_path, monkeypatch):
