@@ -2,7 +2,8 @@
 
 MindSpore runs forward hooks in PyNative mode only (in GRAPH mode they are silently skipped), so
 `cell_input_sizes` runs the network once in PyNative mode on zeros, recording (H, W) of the first
-input of every cell that `select` accepts, and puts the context's mode back. Used to pick each
+input of every cell that `select` accepts (the largest, for a cell called on several maps, e.g. a
+head shared by the FPN levels), and puts the context's mode back. Used to pick each
 convolution's Winograd tile by its map size (m2det/winograd.py).
 """
 from __future__ import annotations
@@ -16,11 +17,14 @@ import numpy as np
 
 def cell_input_sizes(network: nn.Cell, input_shape, select: Callable[[nn.Cell], bool]) -> dict[int, tuple]:
     """{id(cell): (H, W) of its input} for the cells of `network` that `select` accepts, on one
-    forward of zeros of `input_shape` (N, C, H, W). Cells not reached by the forward are absent."""
+    forward of zeros of `input_shape` (N, C, H, W): the largest map where a cell is called more
+    than once. Cells not reached by the forward are absent."""
     sizes: dict[int, tuple] = {}
 
     def record(cell, args):
-        sizes[id(cell)] = tuple(int(d) for d in args[0].shape[-2:])
+        size = tuple(int(d) for d in args[0].shape[-2:])
+        if size[0] * size[1] > np.prod(sizes.get(id(cell), (0, 0))):
+            sizes[id(cell)] = size
 
     handles = [cell.register_forward_pre_hook(record) for _, cell in network.cells_and_names() if select(cell)]
     mode = ms.get_context("mode")

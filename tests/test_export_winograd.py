@@ -143,6 +143,35 @@ def test_mindir_tiles_follow_test_winograd_tile(wide, tmp_path):
     assert kernels[2] == {b"WinogradInput", b"WinogradOutput"}
 
 
+def test_a_mindir_with_external_weights_gets_the_asked_for_name(wide, tmp_path, monkeypatch):
+    # above 1 GB of weights (M2Det-320 VGG with F(4x4, 3x3): 1.1 GB) mindspore.export writes
+    # <name>_graph.mindir + <name>_variables/; simulated here on a small file by moving the real
+    # export's output where MindSpore puts a split one
+    import src.export.exporter as exporter
+
+    real_export = exporter.ms.export
+
+    def split_export(network, *inputs, file_name, file_format):
+        real_export(network, *inputs, file_name=file_name, file_format=file_format)
+        os.replace(file_name + ".mindir", file_name + "_graph.mindir")
+        os.makedirs(file_name + "_variables")
+
+    cfg, detector = wide
+    (tmp_path / "big_graph.mindir").write_bytes(b"stale")          # an earlier export's leftover
+    monkeypatch.setattr(exporter.ms, "export", split_export)
+    meta = export_detector(detector, cfg, str(tmp_path / "big.mindir"), "MINDIR", batch_size=1)
+    assert meta["external_data"] == "big_variables"
+    assert json.loads((tmp_path / "big.mindir.json").read_text())["external_data"] == "big_variables"
+    assert not (tmp_path / "big_graph.mindir").exists()
+    monkeypatch.setattr(exporter.ms, "export", real_export)
+    meta = export_detector(detector, cfg, str(tmp_path / "small.mindir"), "MINDIR", batch_size=1, verify=False)
+    assert meta["external_data"] is None
+    x = images(1, seed=3)
+    for a, b in zip(run_exported(str(tmp_path / "small.mindir"), "MINDIR", x),
+                    run_exported(str(tmp_path / "big.mindir"), "MINDIR", x)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_missing_library_is_a_clear_error(wide, tmp_path, monkeypatch):
     cfg, detector = wide
     library = tmp_path / "lib" / "_winograd_f23.so"

@@ -141,6 +141,26 @@ def test_cell_input_sizes_leave_mode_and_training_flag():
     assert sorted(sizes.values()) == [(5, 5), (10, 10), (20, 20)]
 
 
+class _SharedConv(nn.Cell):
+    """One convolution applied to a 5x5 and a 20x20 map (like a head shared by FPN levels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, pad_mode="pad", padding=1, has_bias=True)
+        self.pool = nn.AvgPool2d(4, 4)
+
+    def construct(self, x):
+        return self.conv(x).sum() + self.conv(self.pool(x)).sum()       # the small map last
+
+
+def test_a_shared_convolution_is_sized_by_its_largest_map():
+    net = _SharedConv()
+    assert list(cell_input_sizes(net, (1, 16, 20, 20), lambda c: isinstance(c, nn.Conv2d)).values()) == [(20, 20)]
+    fast = copy.deepcopy(net)
+    winograd.use_winograd(fast, min_channels=16, tile=4, input_shape=(1, 16, 20, 20))
+    assert isinstance(fast.conv, winograd.WinogradConv2d) and fast.conv.tile == 4
+
+
 def test_use_winograd_picks_the_tile_by_map_size():
     net = _pyramid()
     net.set_train(False)
