@@ -20,6 +20,10 @@ folded and, with test.winograd (the default), the wide 3x3 convolutions as Winog
 MindSpore stores that library's absolute path in the graph and opens it when the loaded graph
 first runs, so such a file needs this package installed at that path: the sidecar records it
 as `custom_op_library` and src/inference/predictor.py checks it before loading.
+With test.winograd_tile 4 (the default) each of those layers is F(4x4, 3x3), F(2x2, 3x3) or left
+direct by its map size at the exported input shape; F(4x4) weights take 4x the filters' space,
+and a MINDIR whose weights pass 1 GB (M2Det-320 VGG: 1.1 GB) keeps them in `<name>_variables/`
+beside the file (the sidecar's `external_data`), which must be copied with it.
 `--set test.winograd=false` writes direct convolutions (a self-contained MINDIR, slower on CPU:
 docs/BENCHMARKS.md "The deployable model"). ONNX always has direct convolutions: its
 converter knows no custom operators, and the transforms written as standard operators were
