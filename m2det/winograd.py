@@ -52,6 +52,9 @@ TILES = (2, 4)   # output tile side m of F(m x m, 3x3)
 # (single layers, docs/SPEED.md "Tile size by map size")
 F43_MIN_SIDE = 16
 F23_MIN_SIDE = 6
+# F(4x4) also pays on narrower layers than F(2x2) (64 -> 64 at 320: 62 ms against 107 direct and
+# 174 F(2x2)): with tile=4, convolutions from this many channels take F(4x4) where tile_for says 4
+F43_MIN_CHANNELS = 64
 
 
 def available() -> bool:
@@ -205,7 +208,9 @@ def use_winograd(network: nn.Cell, min_channels: int = 128, trainable: bool = Fa
     tile=2: F(2x2, 3x3) for every eligible convolution. tile=4 (inference only): with
     `input_shape` (N, C, H, W), one forward of zeros finds each convolution's map size and
     `tile_for` picks F(4x4, 3x3), F(2x2, 3x3) or the direct convolution (kept); without it,
-    F(4x4, 3x3) everywhere. Any choice computes the same convolution: the sizes only decide speed.
+    F(4x4, 3x3) everywhere. With tile=4, convolutions of fewer than `min_channels` but at least
+    F43_MIN_CHANNELS channels are taken for F(4x4) only. Any choice computes the same
+    convolution: the sizes only decide speed.
     """
     if not available():
         raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
@@ -214,13 +219,16 @@ def use_winograd(network: nn.Cell, min_channels: int = 128, trainable: bool = Fa
     if trainable and tile != 2:
         raise ValueError("trainable=True needs tile=2: F(4x4, 3x3) has forward transforms only")
     sizes = None
+    widest = min(min_channels, F43_MIN_CHANNELS) if tile == 4 else min_channels
     if tile == 4 and input_shape is not None:
-        sizes = cell_input_sizes(network, input_shape, lambda cell: eligible(cell, min_channels))
+        sizes = cell_input_sizes(network, input_shape, lambda cell: eligible(cell, widest))
     paths = {id(c): n for n, c in network.cells_and_names()}
     replaced = []
     for parent, name, child in walk(network):
-        if eligible(child, min_channels):
+        if eligible(child, widest):
             chosen = tile if sizes is None or id(child) not in sizes else tile_for(*sizes[id(child)])
+            if chosen == 2 and not eligible(child, min_channels):
+                chosen = None               # too narrow for F(2x2): direct
             if chosen is None:
                 continue
             bias = child.bias if child.has_bias else None

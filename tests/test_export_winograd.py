@@ -60,16 +60,37 @@ def wide():
     return cfg, calibrate(build_detector(cfg))
 
 
-def wide_3x3(detector):
+def wide_3x3(detector, min_channels=128):
     """Paths of the 3x3 / stride 1 / padding 1 / dilation 1 / ungrouped convolutions with >= 128
     channels in and out, read off the layers here (not with winograd.eligible)."""
     out = []
     for name, c in detector.cells_and_names():
         if (isinstance(c, nn.Conv2d) and tuple(c.kernel_size) == (3, 3) and tuple(c.stride) == (1, 1)
-                and tuple(c.dilation) == (1, 1) and c.group == 1 and c.in_channels >= 128
-                and c.out_channels >= 128 and (c.pad_mode == "same" or c.padding in (1, (1, 1, 1, 1)))):
+                and tuple(c.dilation) == (1, 1) and c.group == 1 and c.in_channels >= min_channels
+                and c.out_channels >= min_channels and (c.pad_mode == "same" or c.padding in (1, (1, 1, 1, 1)))):
             out.append(name)
     return out
+
+
+def backbone_map_sides(detector, size=128):
+    """{path: input side} of the VGG backbone's convolutions: each stride-2 pool halves the side."""
+    sides, side = {}, size
+    for i, layer in enumerate(detector.backbone.layers):
+        if isinstance(layer, nn.MaxPool2d) and int(np.atleast_1d(layer.stride)[-1]) == 2:
+            side = -(-side // 2)
+        elif isinstance(layer, nn.Conv2d):
+            sides[f"backbone.layers.{i}"] = side
+    return sides
+
+
+def tile_paths(detector):
+    """{4: paths, 2: paths} by test.winograd_tile 4's rule, from the backbone's map sides: F(4x4)
+    from 64 channels at >= 16 px, F(2x2) from 128 channels at 6-15 px (this network's wide
+    convolutions are all in the backbone)."""
+    sides = backbone_map_sides(detector)
+    assert set(wide_3x3(detector, 64)) <= set(sides)
+    return {4: [p for p in wide_3x3(detector, 64) if sides[p] >= 16],
+            2: [p for p in wide_3x3(detector, 128) if 6 <= sides[p] < 16]}
 
 
 def scopes(path, kind):
@@ -81,8 +102,8 @@ def scopes(path, kind):
 
 def test_mindir_has_winograd_where_it_applies_and_the_detector_outputs(wide, tmp_path):
     cfg, detector = wide
-    expected_paths = wide_3x3(detector)
-    assert len(expected_paths) >= 4                     # conv4_2, conv4_3, conv5_x at this width
+    expected_paths = tile_paths(detector)[4] + tile_paths(detector)[2]
+    assert len(expected_paths) >= 6                     # conv3_2 .. conv4_3 F(4x4), conv5_x F(2x2) at this width
     out = tmp_path / "wide.mindir"
     meta = export_detector(detector, cfg, str(out), "MINDIR", batch_size=2)   # defaults: test.winograd on
     assert meta["winograd_convolutions"] == len(expected_paths)
@@ -132,13 +153,15 @@ def test_mindir_tiles_follow_test_winograd_tile(wide, tmp_path):
         out = tmp_path / f"tile{tile}.mindir"
         meta = export_detector(detector, load_config(TINY, WIDE + [f"test.winograd_tile={tile}"]), str(out),
                                "MINDIR", batch_size=2)
-        assert meta["winograd_convolutions"] == len(wide_3x3(detector))
+        assert meta["winograd_convolutions"] == (len(wide_3x3(detector)) if tile == 2 else
+                                                 len(tile_paths(detector)[4] + tile_paths(detector)[2]))
         kernels[tile] = set(re.findall(rb"_winograd_f23\.so:(Winograd\w+)", out.read_bytes()))
         for a, b in zip(want, run_exported(str(out), "MINDIR", x)):
             assert np.abs(a - b).max() / max(1.0, np.abs(a).max()) < 1e-4
         tiles = meta["winograd_tiles"]
-        # conv4_2, conv4_3 at 16 x 16; conv5_1..3 at 8 x 8 (conv4_1 has 64 input channels)
-        assert tiles == ("F(4x4, 3x3): 2, F(2x2, 3x3): 3" if tile == 4 else "F(2x2, 3x3): 5")
+        counts = {t: len(paths) for t, paths in tile_paths(detector).items()}
+        assert tiles == (f"F(4x4, 3x3): {counts[4]}, F(2x2, 3x3): {counts[2]}" if tile == 4
+                         else f"F(2x2, 3x3): {len(wide_3x3(detector))}")
     assert kernels[4] == {b"WinogradF43Input", b"WinogradF43Output", b"WinogradInput", b"WinogradOutput"}
     assert kernels[2] == {b"WinogradInput", b"WinogradOutput"}
 

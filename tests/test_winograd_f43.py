@@ -180,6 +180,21 @@ def test_use_winograd_picks_the_tile_by_map_size():
     assert rel_error(net(x).asnumpy(), everywhere(x).asnumpy()) < 1e-5
 
 
+def test_narrower_layers_take_f43_only():
+    # 64 channels: F(4x4) at 20 px, direct at 10 px (F(2x2) needs min_channels=128 there)
+    ms.set_seed(6)
+    net = nn.SequentialCell([nn.Conv2d(64, 64, 3, pad_mode="pad", padding=1), nn.MaxPool2d(2, 2),
+                             nn.Conv2d(64, 64, 3, pad_mode="pad", padding=1)])
+    net.set_train(False)
+    fast = copy.deepcopy(net)
+    assert winograd.use_winograd(fast, tile=4, input_shape=(1, 64, 20, 20)) == ["0"]
+    assert fast.cell_list[0].tile == 4 and isinstance(fast.cell_list[2], nn.Conv2d)
+    x = ms.Tensor(np.random.default_rng(4).standard_normal((1, 64, 20, 20)).astype(np.float32))
+    assert rel_error(net(x).asnumpy(), fast(x).asnumpy()) < 2e-5
+    f23 = copy.deepcopy(net)
+    assert winograd.use_winograd(f23, tile=2) == []                     # the F(2x2) rule: >= 128
+
+
 def test_detector_inference_with_f43_unchanged():
     cfg = load_config(TINY)
     ms.set_seed(3)
