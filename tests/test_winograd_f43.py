@@ -237,3 +237,24 @@ def test_inference_network_uses_the_tile():
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 128, 16, 20)).astype(np.float32))
     net.set_train(False)
     assert rel_error(net(x).asnumpy(), f43(x).asnumpy()) < 2e-5
+
+
+def test_m2det320_shaped_network_matches_direct_convolutions():
+    # M2Det-320's maps (160 .. 1 px, every tile choice) at half the VGG width and 2 TUM levels:
+    # random 8-level stacks amplify float32 rounding ~2x per TUM, this one does not
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        cfg = load_config("configs/m2det320_vgg.yaml", ["model.backbone.width=0.5", "model.neck.mlfpn.num_levels=2"])
+        ms.set_seed(1)
+        detector = build_detector(cfg)
+        options = inference_options(cfg)
+        assert options["winograd_tile"] == 4 and options["input_shape"] == (1, 3, 320, 320)
+        fast = inference_network(detector, **options, device_target="CPU")
+        tiles = winograd.describe(fast)
+        assert "F(4x4, 3x3)" in tiles and "F(2x2, 3x3)" in tiles, tiles
+        direct = inference_network(detector, fold_bn=True, use_winograd=False, device_target="CPU")
+        x = ms.Tensor(np.random.default_rng(0).uniform(-120, 120, (1, 3, 320, 320)).astype(np.float32))
+        for a, b in zip(direct(x), fast(x)):
+            assert rel_error(a.asnumpy(), b.asnumpy()) < 1e-5                  # measured ~1e-6
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
