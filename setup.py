@@ -1,8 +1,9 @@
 """Compiled parts of the package; the metadata is in pyproject.toml.
 
     nms._soft_nms                  Cython soft-NMS (nms/soft_nms.pyx), a Python extension
-    m2det/kernels/_winograd_f23.so the Winograd F(2x2, 3x3) transforms (m2det/kernels/winograd_f23.c), a
-                                   plain C shared library that MindSpore loads as "aot" custom operators
+    m2det/kernels/_winograd_f23.so the Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms (m2det/kernels/
+                                   winograd_f23.c, winograd_f43.c), a plain C shared library that
+                                   MindSpore loads as "aot" custom operators
 
 `pip install .` puts both into the installed packages, `pip install -e .` and
 `bash scripts/make.sh` (= `python setup.py build_ext --inplace`) next to their sources,
@@ -28,7 +29,8 @@ else:
     # turn the selects of the weight loops into branch-free code (values are unchanged).
     compile_args = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
 
-WINOGRAD_SOURCE = os.path.join("m2det", "kernels", "winograd_f23.c")
+# one library (its path is recorded in exported MINDIRs), both tile sizes
+WINOGRAD_SOURCES = [os.path.join("m2det", "kernels", name) for name in ("winograd_f23.c", "winograd_f43.c")]
 WINOGRAD_LIBRARY = os.path.join("m2det", "kernels", "_winograd_f23.so")
 # the same command as scripts/make.sh; the library is not a Python module, so it is compiled
 # directly rather than as an Extension (which would add Python's flags and an ABI-tagged name)
@@ -46,12 +48,12 @@ class BuildExtensionsAndKernels(build_ext):
         if not self.inplace:
             targets.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
         for target in targets:
-            self._compile_winograd(os.path.join(here, WINOGRAD_SOURCE), target)
+            self._compile_winograd([os.path.join(here, source) for source in WINOGRAD_SOURCES], target)
 
-    def _compile_winograd(self, source: str, target: str) -> None:
+    def _compile_winograd(self, sources: list, target: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = target + ".tmp"
-        command = [os.environ.get("CC", "gcc"), *WINOGRAD_FLAGS, "-o", tmp, source]
+        command = [os.environ.get("CC", "gcc"), *WINOGRAD_FLAGS, "-o", tmp, *sources]
         print("building the Winograd kernels:", shlex.join(command))
         subprocess.run(command, check=True)
         os.replace(tmp, target)

@@ -9,7 +9,9 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
     forward, batch 1 and 8   our Detector in inference mode (softmax included), the same network
                              with BatchNorm folded into the convolutions (src/export/fold_bn.py,
                              the inference network), that folded network with its wide 3x3
-                             convolutions computed by Winograd F(2x2, 3x3) (m2det/winograd.py),
+                             convolutions computed by Winograd (m2det/winograd.py; F(4x4, 3x3) /
+                             F(2x2, 3x3) / direct by map size with test.winograd_tile 4, the
+                             default; --winograd_f23 adds F(2x2, 3x3) everywhere, as before),
                              the MINDIR that export.py writes for CPU (src/export/exporter.py,
                              written to a temporary folder, loaded with mindspore.load +
                              nn.GraphCell as serve.py --mindir does; issue 18 item 4; with
@@ -82,6 +84,8 @@ def parse_args(argv=None):
                         help="also time a MINDIR exported with direct convolutions (test.winograd=false)")
     parser.add_argument("--no_winograd", action="store_true",
                         help="skip the Winograd forward variant (it needs `bash scripts/make.sh`)")
+    parser.add_argument("--winograd_f23", action="store_true",
+                        help="also time the folded network with F(2x2, 3x3) everywhere (test.winograd_tile=2)")
     parser.add_argument("--winograd_min_channels", type=int, default=128,
                         help="Winograd for 3x3 convolutions with at least this many input and output channels")
     parser.add_argument("--no_conv_peak", action="store_true", help="skip the table of single 3x3 convolutions")
@@ -111,7 +115,7 @@ def exported_mindir(detector, cfg, folder: str, batch: int, winograd: bool, min_
 
 
 def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_channels: int = 128,
-                 mindir: bool = True, mindir_direct: bool = False) -> list[dict]:
+                 mindir: bool = True, mindir_direct: bool = False, winograd_f23: bool = False) -> list[dict]:
     import tempfile
 
     import mindspore as ms
@@ -119,6 +123,7 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
     import torch
 
     from bench import harness as H
+    from src.builder import winograd_tile
     from src.summary import count_flops
 
     detector, reference = H.build_pair(cfg)
@@ -126,8 +131,12 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
     networks = [("mindspore", detector)]
     if fold:
         networks.append(("mindspore_folded", H.folded_copy(detector)))
-        if winograd:
-            networks.append(("mindspore_winograd", H.winograd_copy(detector, min_channels)))
+        if winograd and winograd_f23:
+            networks.append(("mindspore_winograd_f23", H.winograd_copy(detector, min_channels)))
+        if winograd:        # what eval.py / infer.py run (the tiles are chosen per spatial size)
+            networks.append(("mindspore_winograd", H.winograd_copy(detector, min_channels, winograd_tile(cfg),
+                                                                   (1, 3, cfg.model.input_size,
+                                                                    cfg.model.input_size))))
     size = cfg.model.input_size
     rows = []
     folder = tempfile.TemporaryDirectory(prefix="bench_mindir_")
@@ -324,6 +333,8 @@ def _fmt(value, digits=1) -> str:
 def _line(row: dict) -> str:
     return (f"  {row['config']} {row['case']} b{row['batch']}: MindSpore {_fmt(row['mindspore_ms'])} ms"
             + (f", folded {_fmt(row['mindspore_folded_ms'])} ms" if "mindspore_folded_ms" in row else "")
+            + (f", Winograd F(2x2) {_fmt(row['mindspore_winograd_f23_ms'])} ms"
+               if "mindspore_winograd_f23_ms" in row else "")
             + (f", Winograd {_fmt(row['mindspore_winograd_ms'])} ms" if "mindspore_winograd_ms" in row else "")
             + (f", MINDIR {_fmt(row['mindspore_mindir_ms'])} ms" if "mindspore_mindir_ms" in row else "")
             + (f", MINDIR direct {_fmt(row['mindspore_mindir_direct_ms'])} ms (MINDIR direct/PT "
@@ -388,7 +399,7 @@ def run_cases(args, path: str) -> list[dict]:
     rows = []
     if "forward" in args.cases:
         rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, not args.no_winograd,
-                             args.winograd_min_channels, not args.no_mindir, args.mindir_direct)
+                             args.winograd_min_channels, not args.no_mindir, args.mindir_direct, args.winograd_f23)
     for case in ("train", "train_winograd"):
         if case in args.cases:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
@@ -405,7 +416,7 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
            "--batches", *[str(b) for b in args.batches], "--train_batch", str(args.train_batch),
            "--reps", str(args.reps), "--threads", str(args.threads), "--omp_wait_policy", args.omp_wait_policy]
     cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd + ["--no_mindir"] * args.no_mindir
-    cmd += ["--mindir_direct"] * args.mindir_direct
+    cmd += ["--mindir_direct"] * args.mindir_direct + ["--winograd_f23"] * args.winograd_f23
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
     cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")

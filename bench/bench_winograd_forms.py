@@ -1,7 +1,7 @@
-"""Which form of Winograd F(2x2, 3x3) a deployable MINDIR should carry (issue 18 item 4).
+"""Which form of Winograd (F(2x2, 3x3) or F(4x4, 3x3)) a deployable MINDIR should carry (issue 18 item 4).
 
     .venv/bin/python bench/bench_winograd_forms.py                 # M2Det-320's layer shapes, 7 reps
-    .venv/bin/python bench/bench_winograd_forms.py --shapes 512x40 --reps 3
+    .venv/bin/python bench/bench_winograd_forms.py --shapes 512x40 2048x486x40 --forms direct custom custom_f43
     .venv/bin/python bench/bench_winograd_forms.py --network configs/m2det320_vgg.yaml --reps 5
 
 One 3x3 convolution C -> C (stride 1, padding 1, bias) on a (1, C, S, S) input, in GRAPH mode,
@@ -9,13 +9,15 @@ One 3x3 convolution C -> C (stride 1, padding 1, bias) on a (1, C, S, S) input, 
 
     direct          nn.Conv2d (oneDNN)
     custom          m2det.winograd.WinogradConv2d: the transforms as "aot" custom operators in C
-                    (m2det/kernels/winograd_f23.c), what export.py writes for CPU
+                    (m2det/kernels/winograd_f23.c), F(2x2, 3x3)
+    custom_f43      the same cell with tile=4: F(4x4, 3x3) (m2det/kernels/winograd_f43.c)
     graph_slices    the transforms in standard operators: pad, strided slices and adds (both
                     transforms are separable, 4 slices + 4 adds per axis), BatchMatMul, transpose
     graph_conv      the input transform as a fixed 4x4 stride-2 depthwise convolution (16 outputs per
                     channel) + transpose, the output transform as one (4 x 16) matmul + transpose
 
-and, to see where the time goes, the custom transforms and the 16 matmuls alone. Every form is
+and, to see where the time goes, the custom transforms and the 16 (F(4x4): 36) matmuls alone
+(`--forms` picks the forms; the parts follow their form). `--shapes CxKxS` times C -> K. Every form is
 first checked against the direct convolution (max relative error printed). The standard-operator
 forms export to any MindSpore runtime and to ONNX; they only pay if they beat `direct`.
 
@@ -111,7 +113,14 @@ class GraphConvConv(nn.Cell):
         return y[:, :, :h, :w]
 
 
-def network_forms(cfg) -> dict:
+def _f43(weight, bias):
+    return W.WinogradConv2d(weight, bias, tile=4)
+
+
+FORMS = {"custom": W.WinogradConv2d, "custom_f43": _f43, "graph_slices": GraphSlicesConv, "graph_conv": GraphConvConv}
+
+
+def network_forms(cfg, names=tuple(FORMS)) -> dict:
     """{form: the folded detector with its eligible convolutions in that form}."""
     import copy
 
@@ -121,9 +130,9 @@ def network_forms(cfg) -> dict:
 
     detector = build_detector(cfg)
     H.randomize_batchnorm(detector)
-    direct = inference_network(detector, {"fold_bn": True, "winograd": False}, "CPU")
+    direct = inference_network(detector, fold_bn=True, use_winograd=False, device_target="CPU")
     forms = {"direct": direct}
-    for name, make in (("custom", W.WinogradConv2d), ("graph_slices", GraphSlicesConv), ("graph_conv", GraphConvConv)):
+    for name, make in ((name, FORMS[name]) for name in names):
         network = copy.deepcopy(direct)
         for parent, child_name, child in walk(network):
             if W.eligible(child):
@@ -134,11 +143,11 @@ def network_forms(cfg) -> dict:
     return forms
 
 
-def network_rows(path: str, reps: int) -> list[list]:
+def network_rows(path: str, reps: int, names=tuple(FORMS)) -> list[list]:
     from src.config import load_config
 
     cfg = load_config(path)
-    forms = network_forms(cfg)
+    forms = network_forms(cfg, names)
     size = cfg.model.input_size
     x = ms.Tensor(np.random.default_rng(1).uniform(-120, 120, (1, 3, size, size)).astype(np.float32))
     expected = forms["direct"](x)[1].asnumpy()
@@ -171,26 +180,26 @@ class _OutputTransform(nn.Cell):
         return self.cell.output_transform(m, self.cell.bias, self.like)
 
 
-def layer_row(c: int, size: int, reps: int) -> dict:
+def layer_row(c: int, k: int, size: int, reps: int, names=tuple(["direct", *FORMS])) -> dict:
     rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
-    bias = rng.standard_normal(c).astype(np.float32)
+    weight = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
     x = ms.Tensor(rng.standard_normal((1, c, size, size)).astype(np.float32))
-    forms = {
-        "direct": nn.Conv2d(c, c, 3, pad_mode="pad", padding=1, has_bias=True, weight_init=ms.Tensor(weight),
-                            bias_init=ms.Tensor(bias)),
-        "custom": W.WinogradConv2d(weight, bias),
-        "graph_slices": GraphSlicesConv(weight, bias),
-        "graph_conv": GraphConvConv(weight, bias),
-    }
-    custom = forms["custom"]
-    v = custom.input_transform(x)
-    m = ms.Tensor(custom.matmul(custom.u, v).asnumpy())
-    parts = {"custom_input_transform": (custom.input_transform, x),
-             "matmuls": (_Matmuls(custom), ms.Tensor(v.asnumpy())),
-             "custom_output_transform": (_OutputTransform(custom, x), m)}
+    forms = {"direct": nn.Conv2d(c, k, 3, pad_mode="pad", padding=1, has_bias=True, weight_init=ms.Tensor(weight),
+                                 bias_init=ms.Tensor(bias))}
+    forms.update({name: make(weight, bias) for name, make in FORMS.items() if name in names})
+    parts = {}
+    for name in ("custom", "custom_f43"):
+        if name in forms:
+            cell = forms[name]
+            v = cell.input_transform(x)
+            m = ms.Tensor(cell.matmul(cell.u, v).asnumpy())
+            suffix = "" if name == "custom" else "_f43"
+            parts.update({f"custom_input_transform{suffix}": (cell.input_transform, x),
+                          f"matmuls{suffix}": (_Matmuls(cell), ms.Tensor(v.asnumpy())),
+                          f"custom_output_transform{suffix}": (_OutputTransform(cell, x), m)})
     expected = forms["direct"](x).asnumpy()
-    row = {"shape": f"1x{c}x{size}x{size}"}
+    row = {"shape": f"1x{c}x{size}x{size}" + (f" -> {k}" if k != c else ""), "parts": list(parts)}
     for name, cell in forms.items():
         got = cell(x).asnumpy()
         row[f"{name}_rel_err"] = float(np.abs(got - expected).max() / np.abs(expected).max())
@@ -204,7 +213,10 @@ def layer_row(c: int, size: int, reps: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="CxS: C channels in and out, S x S input")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES),
+                        help="CxS: C channels in and out, S x S input; CxKxS: C in, K out")
+    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS),
+                        help="the forms besides direct (default all)")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--network", help="a config: time its whole forward in each form instead")
@@ -214,16 +226,16 @@ def main(argv=None) -> int:
     print(H.machine_description(), f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     if args.network:
         print(H.markdown_table(["config", "form", "forward ms", "/ direct", "max |score - direct|", "repetitions ms"],
-                               network_rows(args.network, args.reps)))
+                               network_rows(args.network, args.reps, args.forms)))
         print(f"load average at the end: {os.getloadavg()[0]:.2f}; medians of {args.reps} alternating repetitions")
         return 0
-    names = ["direct", "custom", "graph_slices", "graph_conv", "custom_input_transform", "matmuls",
-             "custom_output_transform"]
     rows = []
     for shape in args.shapes:
-        c, size = (int(v) for v in shape.split("x"))
-        rows.append(layer_row(c, size, args.reps))
+        sizes = [int(v) for v in shape.split("x")]
+        c, k, size = sizes if len(sizes) == 3 else (sizes[0], sizes[0], sizes[1])
+        rows.append(layer_row(c, k, size, args.reps, ["direct", *args.forms]))
         print(rows[-1], flush=True)
+    names = ["direct", *args.forms] + rows[0]["parts"]
     body = [[r["shape"]] + [f"{r[n + '_ms']:.1f}" for n in names]
             + [f"{max(r[k] for k in r if k.endswith('_rel_err')):.1e}"] for r in rows]
     print(H.markdown_table(["conv C -> C"] + [n + " ms" for n in names] + ["max rel. err"], body))

@@ -205,12 +205,13 @@ def folded_copy(detector):
     return inference_network(detector, fold_bn=True, use_winograd=False, device_target="CPU")
 
 
-def winograd_copy(detector, min_channels: int = 128):
-    """`folded_copy` with its eligible 3x3 convolutions by Winograd F(2x2, 3x3) (m2det/winograd.py)."""
+def winograd_copy(detector, min_channels: int = 128, tile: int = 2, input_shape=None):
+    """`folded_copy` with its eligible 3x3 convolutions by Winograd (m2det/winograd.py): F(2x2, 3x3),
+    or with tile=4 F(4x4, 3x3) / F(2x2, 3x3) / direct by map size at `input_shape` (test.winograd_tile)."""
     from m2det.winograd import use_winograd
 
     network = folded_copy(detector)
-    use_winograd(network, min_channels)
+    use_winograd(network, min_channels, tile=tile, input_shape=input_shape)
     network.set_train(False)
     return network
 

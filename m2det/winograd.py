@@ -16,6 +16,11 @@ the original): those with a 3x3 kernel, stride 1, dilation 1, one group, padding
 side and at least `min_channels` input and output channels. Narrow layers stay direct: the
 transforms' memory traffic grows with C + K and the matmul saving with C * K.
 
+Inference cells (trainable=False) may use F(4x4, 3x3) instead (`tile=4`): 6x6 input tiles, U
+(36, K, C), 36 multiply-adds per 4x4 output tile and channel pair (1.78x fewer than F(2x2), 4x
+fewer than direct) and a 2.25x instead of 4x expanded V, at a larger float32 rounding error
+(m2det/kernels/winograd_f43.c; no adjoints, so training keeps F(2x2)).
+
 Without the compiled library `available()` is False and `use_winograd` raises a clear error.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 from m2det.cells import refresh_parameter_names, replace_child, walk
+from m2det.input_sizes import cell_input_sizes
 
 log = logging.getLogger("m2det.winograd")
 
@@ -37,6 +43,18 @@ LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # U (16, K*C) = GG (16, 9) @ g (9, K*C): the weight transform as one matrix
 GG = np.kron(G, G)
+# G (6 x 3) of F(4x4, 3x3), points 0, 1, -1, 2, -2, infinity (m2det/kernels/winograd_f43.c)
+G43 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+GG43 = np.kron(G43, G43)
+TILES = (2, 4)   # output tile side m of F(m x m, 3x3)
+# with tile=4, the smallest map side (pixels) for F(4x4) and for F(2x2); smaller maps stay direct
+# (single layers, docs/SPEED.md "Tile size by map size")
+F43_MIN_SIDE = 16
+F23_MIN_SIDE = 6
+# F(4x4) also pays on narrower layers than F(2x2) (64 -> 64 at 320: 62 ms against 107 direct and
+# 174 F(2x2)): with tile=4, convolutions from this many channels take F(4x4) where tile_for says 4
+F43_MIN_CHANNELS = 64
 
 
 def available() -> bool:
@@ -55,21 +73,33 @@ def usable(device_target: str, setting: str) -> bool:
     return True
 
 
-def transform_weight(weight: np.ndarray) -> np.ndarray:
-    """(K, C, 3, 3) filters -> U (16, K, C), computed in float64."""
+def transform_weight(weight: np.ndarray, tile: int = 2) -> np.ndarray:
+    """(K, C, 3, 3) filters -> U ((tile + 2)^2, K, C), computed in float64."""
     k, c = weight.shape[:2]
-    u = GG @ weight.astype(np.float64).reshape(k * c, 9).T
-    return u.reshape(16, k, c).astype(np.float32)
+    gg = GG if tile == 2 else GG43
+    flat = np.asarray(weight).reshape(k * c, 9)
+    u = np.empty((gg.shape[0], k * c), np.float32)
+    # in chunks that stay in cache: 7x faster than one product on a 2048 -> 486 head (same values)
+    for start in range(0, k * c, 1 << 16):
+        u[:, start:start + (1 << 16)] = gg @ flat[start:start + (1 << 16)].astype(np.float64).T
+    return u.reshape(gg.shape[0], k, c)
 
 
-def _tiles(shape) -> int:
+def _tiles(shape, tile: int = 2) -> int:
     n, _, h, w = shape
-    return n * ((h + 1) // 2) * ((w + 1) // 2)
+    return n * -(-h // tile) * -(-w // tile)
 
 
 def _custom(name: str, out_shape, bprop=None):
     return ops.Custom(f"{LIBRARY}:{name}", out_shape=out_shape, out_dtype=lambda *dtypes: dtypes[0],
                       func_type="aot", bprop=bprop)
+
+
+def _f43_transforms():
+    """F(4x4, 3x3) input and output (+ bias) transforms; forward only."""
+    forward_input = _custom("WinogradF43Input", lambda x: [36, x[1], _tiles(x, 4)])
+    forward_output = _custom("WinogradF43Output", lambda m, bias, like: [like[0], m[1], like[2], like[3]])
+    return forward_input, forward_output
 
 
 def _input_transform():
@@ -92,22 +122,28 @@ def _output_transform():
 
 
 class WinogradConv2d(nn.Cell):
-    """A 3x3, stride-1, padding-1 convolution computed by Winograd F(2x2, 3x3).
+    """A 3x3, stride-1, padding-1 convolution computed by Winograd F(tile x tile, 3x3).
 
     `weight` (K, C, 3, 3) and `bias` (K,) or None are taken as they are now: U is computed once
     and stored (inference). For training use `trainable=True`, which keeps `weight` as the
-    Parameter and transforms it inside the graph every call (so gradients reach it).
+    Parameter and transforms it inside the graph every call (so gradients reach it); it needs
+    tile=2 (F(4x4, 3x3) has no backward transforms).
     """
 
-    def __init__(self, weight, bias=None, trainable: bool = False):
+    def __init__(self, weight, bias=None, trainable: bool = False, tile: int = 2):
         super().__init__()
         if not available():
             raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
         shape = tuple(weight.shape)
         if len(shape) != 4 or shape[2:] != (3, 3):
             raise ValueError(f"WinogradConv2d needs (K, C, 3, 3) weights, got {shape}")
+        if tile not in TILES:
+            raise ValueError(f"WinogradConv2d tile must be one of {TILES} (F(2x2, 3x3) or F(4x4, 3x3)), got {tile}")
+        if trainable and tile != 2:
+            raise ValueError("trainable=True needs tile=2: F(4x4, 3x3) has forward transforms only")
         self.out_channels, self.in_channels = int(shape[0]), int(shape[1])
         self.trainable = trainable
+        self.tile = tile
         if trainable:
             if not isinstance(weight, ms.Parameter):
                 raise ValueError("trainable=True needs the convolution's weight Parameter")
@@ -115,15 +151,17 @@ class WinogradConv2d(nn.Cell):
             self.gg = ms.Tensor(GG.astype(np.float32))
         else:
             w = weight.asnumpy() if isinstance(weight, ms.Tensor) else np.asarray(weight, np.float32)
-            self.u = ms.Parameter(ms.Tensor(transform_weight(w)), name="u", requires_grad=False)
+            self.u = ms.Parameter(ms.Tensor(transform_weight(w, tile)), name="u", requires_grad=False)
         if isinstance(bias, ms.Parameter):
             self.bias = bias
         else:   # a constant, not a Parameter: nothing new appears in checkpoints
             b = np.zeros(self.out_channels, np.float32) if bias is None else np.asarray(
                 bias.asnumpy() if isinstance(bias, ms.Tensor) else bias, np.float32)
             self.bias = ms.Tensor(b)
-        self.input_transform = _input_transform()
-        self.output_transform = _output_transform()
+        if tile == 2:
+            self.input_transform, self.output_transform = _input_transform(), _output_transform()
+        else:
+            self.input_transform, self.output_transform = _f43_transforms()
         self.matmul = ops.BatchMatMul()
 
     def construct(self, x):
@@ -132,8 +170,8 @@ class WinogradConv2d(nn.Cell):
             u = ops.matmul(self.gg, g.T).reshape(16, self.out_channels, self.in_channels)
         else:
             u = self.u
-        v = self.input_transform(x)                      # (16, C, N*P)
-        m = self.matmul(u, v)                            # (16, K, N*P)
+        v = self.input_transform(x)                      # (T, C, N*P), T = (tile + 2)^2
+        m = self.matmul(u, v)                            # (T, K, N*P)
         return self.output_transform(m, self.bias, x)   # (N, K, H, W)
 
 
@@ -149,22 +187,62 @@ def eligible(conv: nn.Conv2d, min_channels: int = 128) -> bool:
             and conv.in_channels >= min_channels and conv.out_channels >= min_channels)
 
 
-def use_winograd(network: nn.Cell, min_channels: int = 128, trainable: bool = False) -> list[str]:
+def tile_for(height: int, width: int) -> int | None:
+    """The fastest form for a (height, width) map when F(4x4, 3x3) may be used: 4, 2, or None for
+    the direct convolution. On tiny maps the transformed weights (36 or 16 values per filter
+    against 9) dominate the matmuls' memory traffic (docs/SPEED.md, "Tile size by map size")."""
+    side = min(height, width)
+    if side >= F43_MIN_SIDE:
+        return 4
+    return 2 if side >= F23_MIN_SIDE else None
+
+
+def use_winograd(network: nn.Cell, min_channels: int = 128, trainable: bool = False, tile: int = 2,
+                 input_shape=None) -> list[str]:
     """Replace every eligible convolution of `network` in place; returns their paths.
 
     trainable=False (inference) bakes the current weights in: use it on a copy that will not
     be trained (e.g. after `fold_batchnorm`). trainable=True shares the weight and bias
     Parameters with the replaced convolutions, so training, checkpoints and names are unchanged.
+
+    tile=2: F(2x2, 3x3) for every eligible convolution. tile=4 (inference only): with
+    `input_shape` (N, C, H, W), one forward of zeros finds each convolution's map size and
+    `tile_for` picks F(4x4, 3x3), F(2x2, 3x3) or the direct convolution (kept); without it,
+    F(4x4, 3x3) everywhere. With tile=4, convolutions of fewer than `min_channels` but at least
+    F43_MIN_CHANNELS channels are taken for F(4x4) only. Any choice computes the same
+    convolution: the sizes only decide speed.
     """
     if not available():
         raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+    if tile not in TILES:
+        raise ValueError(f"Winograd tile must be one of {TILES} (F(2x2, 3x3) or F(4x4, 3x3)), got {tile}")
+    if trainable and tile != 2:
+        raise ValueError("trainable=True needs tile=2: F(4x4, 3x3) has forward transforms only")
+    sizes = None
+    widest = min(min_channels, F43_MIN_CHANNELS) if tile == 4 else min_channels
+    if tile == 4 and input_shape is not None:
+        sizes = cell_input_sizes(network, input_shape, lambda cell: eligible(cell, widest))
     paths = {id(c): n for n, c in network.cells_and_names()}
     replaced = []
     for parent, name, child in walk(network):
-        if eligible(child, min_channels):
+        if eligible(child, widest):
+            chosen = tile if sizes is None or id(child) not in sizes else tile_for(*sizes[id(child)])
+            if chosen == 2 and not eligible(child, min_channels):
+                chosen = None               # too narrow for F(2x2): direct
+            if chosen is None:
+                continue
             bias = child.bias if child.has_bias else None
-            replace_child(parent, name, WinogradConv2d(child.weight, bias, trainable=trainable))
+            replace_child(parent, name, WinogradConv2d(child.weight, bias, trainable=trainable, tile=chosen))
             replaced.append(paths[id(child)])
     if not trainable:   # the new `u` Parameters get their paths as names (unique, like the rest)
         refresh_parameter_names(network)
     return replaced
+
+
+def describe(network: nn.Cell) -> str:
+    """How many Winograd cells of `network` use each tile, e.g. "F(4x4, 3x3): 40, F(2x2, 3x3): 9"."""
+    counts = {tile: 0 for tile in TILES}
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, WinogradConv2d):
+            counts[cell.tile] += 1
+    return ", ".join(f"F({t}x{t}, 3x3): {n}" for t, n in sorted(counts.items(), reverse=True) if n) or "none"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the compiled parts in place:
 #   nms/_soft_nms*.so               the Cython soft-NMS
-#   m2det/kernels/_winograd_f23.so  the Winograd transforms (m2det/winograd.py; MindSpore aot custom ops; $CC, default gcc)
+#   m2det/kernels/_winograd_f23.so  the Winograd F(2x2) and F(4x4) transforms (winograd_f23.c + winograd_f43.c; m2det/winograd.py; MindSpore aot custom ops; $CC, default gcc)
 # both by `python setup.py build_ext --inplace` (`pip install .` builds the same into the installed package).
 #
 # Python used: $PYTHON if set, else `python` on PATH if it has Cython and NumPy, else the

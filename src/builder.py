@@ -234,8 +234,18 @@ def detection_settings(cfg) -> DetectionSettings:
 
 
 def inference_options(cfg) -> dict:
-    """The keyword arguments of src.inference.fast_network.inference_network: `test.fold_bn`, `test.winograd`."""
-    return {"fold_bn": bool(cfg.test.get("fold_bn", False)), "use_winograd": bool(cfg.test.get("winograd", False))}
+    """The keyword arguments of src.inference.fast_network.inference_network: `test.fold_bn`,
+    `test.winograd`, `test.winograd_tile` and the test canvas (batch 1) that picks each layer's tile."""
+    return {"fold_bn": bool(cfg.test.get("fold_bn", False)), "use_winograd": bool(cfg.test.get("winograd", False)),
+            "winograd_tile": winograd_tile(cfg), "input_shape": (1, 3, *input_policy(cfg).canvas())}
+
+
+def winograd_tile(cfg) -> int:
+    """`test.winograd_tile` (2 or 4), checked."""
+    tile = cfg.test.get("winograd_tile", 4)
+    if tile not in (2, 4):
+        raise ValueError(f"test.winograd_tile must be 2 (F(2x2,3x3)) or 4 (F(4x4,3x3) by map size), got {tile!r}")
+    return int(tile)
 
 
 def reader_settings(cfg, split: str = "train") -> ReaderSettings:

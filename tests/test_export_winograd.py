@@ -1,5 +1,5 @@
 """The exported MINDIR runs the checkpoint path's network: BatchNorm folded and the wide 3x3
-convolutions by Winograd F(2x2, 3x3) (issue 18 item 4).
+convolutions by Winograd F(4x4, 3x3) / F(2x2, 3x3) by map size (issue 18 item 4).
 
 Independent truth: the detector's own outputs (direct convolutions, BatchNorm unfolded), the
 list of eligible convolutions counted here from the network's layers, the node scopes written
@@ -60,16 +60,37 @@ def wide():
     return cfg, calibrate(build_detector(cfg))
 
 
-def wide_3x3(detector):
+def wide_3x3(detector, min_channels=128):
     """Paths of the 3x3 / stride 1 / padding 1 / dilation 1 / ungrouped convolutions with >= 128
     channels in and out, read off the layers here (not with winograd.eligible)."""
     out = []
     for name, c in detector.cells_and_names():
         if (isinstance(c, nn.Conv2d) and tuple(c.kernel_size) == (3, 3) and tuple(c.stride) == (1, 1)
-                and tuple(c.dilation) == (1, 1) and c.group == 1 and c.in_channels >= 128
-                and c.out_channels >= 128 and (c.pad_mode == "same" or c.padding in (1, (1, 1, 1, 1)))):
+                and tuple(c.dilation) == (1, 1) and c.group == 1 and c.in_channels >= min_channels
+                and c.out_channels >= min_channels and (c.pad_mode == "same" or c.padding in (1, (1, 1, 1, 1)))):
             out.append(name)
     return out
+
+
+def backbone_map_sides(detector, size=128):
+    """{path: input side} of the VGG backbone's convolutions: each stride-2 pool halves the side."""
+    sides, side = {}, size
+    for i, layer in enumerate(detector.backbone.layers):
+        if isinstance(layer, nn.MaxPool2d) and int(np.atleast_1d(layer.stride)[-1]) == 2:
+            side = -(-side // 2)
+        elif isinstance(layer, nn.Conv2d):
+            sides[f"backbone.layers.{i}"] = side
+    return sides
+
+
+def tile_paths(detector):
+    """{4: paths, 2: paths} by test.winograd_tile 4's rule, from the backbone's map sides: F(4x4)
+    from 64 channels at >= 16 px, F(2x2) from 128 channels at 6-15 px (this network's wide
+    convolutions are all in the backbone)."""
+    sides = backbone_map_sides(detector)
+    assert set(wide_3x3(detector, 64)) <= set(sides)
+    return {4: [p for p in wide_3x3(detector, 64) if sides[p] >= 16],
+            2: [p for p in wide_3x3(detector, 128) if 6 <= sides[p] < 16]}
 
 
 def scopes(path, kind):
@@ -81,8 +102,8 @@ def scopes(path, kind):
 
 def test_mindir_has_winograd_where_it_applies_and_the_detector_outputs(wide, tmp_path):
     cfg, detector = wide
-    expected_paths = wide_3x3(detector)
-    assert len(expected_paths) >= 4                     # conv4_2, conv4_3, conv5_x at this width
+    expected_paths = tile_paths(detector)[4] + tile_paths(detector)[2]
+    assert len(expected_paths) >= 6                     # conv3_2 .. conv4_3 F(4x4), conv5_x F(2x2) at this width
     out = tmp_path / "wide.mindir"
     meta = export_detector(detector, cfg, str(out), "MINDIR", batch_size=2)   # defaults: test.winograd on
     assert meta["winograd_convolutions"] == len(expected_paths)
@@ -105,6 +126,7 @@ def test_fresh_process_loads_and_runs_the_mindir(wide, tmp_path):
     cfg, detector = wide
     out = tmp_path / "fresh.mindir"
     export_detector(detector, cfg, str(out), "MINDIR", batch_size=1, with_decode=True)
+    assert b"WinogradF43Input" in out.read_bytes()              # test.winograd_tile 4 (the default)
     x = images(1, seed=7)
     np.save(tmp_path / "x.npy", x)
     want = [o.asnumpy() for o in build_export_network(detector, cfg, "MINDIR", with_decode=True)[0](ms.Tensor(x))]
@@ -120,6 +142,57 @@ def test_fresh_process_loads_and_runs_the_mindir(wide, tmp_path):
     got = np.load(tmp_path / "y.npz")
     for i, a in enumerate(want):
         np.testing.assert_allclose(got[f"arr_{i}"], a, rtol=0, atol=1e-4 * max(1.0, float(np.abs(a).max())))
+
+
+def test_mindir_tiles_follow_test_winograd_tile(wide, tmp_path):
+    cfg, detector = wide
+    x = images(2, seed=9)
+    want = [o.asnumpy() for o in detector(ms.Tensor(x))]
+    kernels = {}
+    for tile in (4, 2):
+        out = tmp_path / f"tile{tile}.mindir"
+        meta = export_detector(detector, load_config(TINY, WIDE + [f"test.winograd_tile={tile}"]), str(out),
+                               "MINDIR", batch_size=2)
+        assert meta["winograd_convolutions"] == (len(wide_3x3(detector)) if tile == 2 else
+                                                 len(tile_paths(detector)[4] + tile_paths(detector)[2]))
+        kernels[tile] = set(re.findall(rb"_winograd_f23\.so:(Winograd\w+)", out.read_bytes()))
+        for a, b in zip(want, run_exported(str(out), "MINDIR", x)):
+            assert np.abs(a - b).max() / max(1.0, np.abs(a).max()) < 1e-4
+        tiles = meta["winograd_tiles"]
+        counts = {t: len(paths) for t, paths in tile_paths(detector).items()}
+        assert tiles == (f"F(4x4, 3x3): {counts[4]}, F(2x2, 3x3): {counts[2]}" if tile == 4
+                         else f"F(2x2, 3x3): {len(wide_3x3(detector))}")
+    assert kernels[4] == {b"WinogradF43Input", b"WinogradF43Output", b"WinogradInput", b"WinogradOutput"}
+    assert kernels[2] == {b"WinogradInput", b"WinogradOutput"}
+
+
+def test_a_mindir_with_external_weights_gets_the_asked_for_name(wide, tmp_path, monkeypatch):
+    # above 1 GB of weights (M2Det-320 VGG with F(4x4, 3x3): 1.1 GB) mindspore.export writes
+    # <name>_graph.mindir + <name>_variables/; simulated here on a small file by moving the real
+    # export's output where MindSpore puts a split one
+    import src.export.exporter as exporter
+
+    real_export = exporter.ms.export
+
+    def split_export(network, *inputs, file_name, file_format):
+        real_export(network, *inputs, file_name=file_name, file_format=file_format)
+        os.replace(file_name + ".mindir", file_name + "_graph.mindir")
+        os.makedirs(file_name + "_variables")
+
+    cfg, detector = wide
+    (tmp_path / "big_graph.mindir").write_bytes(b"stale")          # an earlier export's leftover
+    monkeypatch.setattr(exporter.ms, "export", split_export)
+    meta = export_detector(detector, cfg, str(tmp_path / "big.mindir"), "MINDIR", batch_size=1)
+    assert meta["external_data"] == "big_variables"
+    assert json.loads((tmp_path / "big.mindir.json").read_text())["external_data"] == "big_variables"
+    assert not (tmp_path / "big_graph.mindir").exists()
+    monkeypatch.setattr(exporter.ms, "export", real_export)
+    meta = export_detector(detector, cfg, str(tmp_path / "small.mindir"), "MINDIR", batch_size=1, verify=False)
+    assert meta["external_data"] is None
+    x = images(1, seed=3)
+    for a, b in zip(run_exported(str(tmp_path / "small.mindir"), "MINDIR", x),
+                    run_exported(str(tmp_path / "big.mindir"), "MINDIR", x)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_missing_library_is_a_clear_error(wide, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Export a detector (weights loaded) to MINDIR or ONNX.
 
     detector --copy--> fold BatchNorm (fold_bn.py) --[ONNX]--> exact op rewrites (onnx_compat.py)
-             --[MINDIR for CPU, test.winograd]--> wide 3x3 convolutions by Winograd F(2x2, 3x3)
+             --[MINDIR for CPU, test.winograd]--> wide 3x3 convolutions by Winograd (F(4x4, 3x3) /
+                                                  F(2x2, 3x3) / direct by map size, test.winograd_tile)
              --[with_decode]--> + SSD decoding against the priors, boxes clipped to [0, 1]
              --check against the detector--> mindspore.export --check the file--> F + F.json
 
@@ -19,6 +20,10 @@ folded and, with test.winograd (the default), the wide 3x3 convolutions as Winog
 MindSpore stores that library's absolute path in the graph and opens it when the loaded graph
 first runs, so such a file needs this package installed at that path: the sidecar records it
 as `custom_op_library` and src/inference/predictor.py checks it before loading.
+With test.winograd_tile 4 (the default) each of those layers is F(4x4, 3x3), F(2x2, 3x3) or left
+direct by its map size at the exported input shape; F(4x4) weights take 4x the filters' space,
+and a MINDIR whose weights pass 1 GB (M2Det-320 VGG: 1.1 GB) keeps them in `<name>_variables/`
+beside the file (the sidecar's `external_data`), which must be copied with it.
 `--set test.winograd=false` writes direct convolutions (a self-contained MINDIR, slower on CPU:
 docs/BENCHMARKS.md "The deployable model"). ONNX always has direct convolutions: its
 converter knows no custom operators, and the transforms written as standard operators were
@@ -41,7 +46,7 @@ from heads.box_coder import SSDBoxCoder, decode_graph
 from heads.multibox_head import MultiBoxHead
 from m2det import winograd
 from m2det.cells import refresh_parameter_names
-from src.builder import build_priors, input_policy
+from src.builder import build_priors, input_policy, winograd_tile as configured_winograd_tile
 from src.config_upgrade import CONFIG_VERSION
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
@@ -101,11 +106,13 @@ def default_winograd(cfg, file_format: str, device_target: str) -> bool:
 
 
 def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR", with_decode: bool = False,
-                         use_winograd: bool = False, winograd_min_channels: int = 128) -> tuple[nn.Cell, dict]:
+                         use_winograd: bool = False, winograd_min_channels: int = 128, winograd_tile: int = 2,
+                         input_shape=None) -> tuple[nn.Cell, dict]:
     """An inference-mode copy of `detector` prepared for `file_format`; `detector` is left as it is.
 
-    `use_winograd` (MINDIR only) computes the wide 3x3 convolutions by Winograd F(2x2, 3x3) as
-    the checkpoint path's inference network does (src/inference/fast_network.py).
+    `use_winograd` (MINDIR only) computes the wide 3x3 convolutions by Winograd as the checkpoint
+    path's inference network does (src/inference/fast_network.py): `winograd_tile` 2 F(2x2, 3x3),
+    4 F(4x4, 3x3) / F(2x2, 3x3) / direct by each layer's map size for `input_shape` (m2det/winograd.py).
     Returns the network and {"folded_bn": [...], "rewritten": [...], "winograd": [...]}.
     """
     file_format = file_format.upper()
@@ -129,7 +136,7 @@ def build_export_network(detector: nn.Cell, cfg, file_format: str = "MINDIR", wi
         except UnsupportedForExport as exc:
             raise ExportError(f"cannot export to ONNX: {exc}") from exc
     if use_winograd:
-        fast = winograd.use_winograd(network, winograd_min_channels)
+        fast = winograd.use_winograd(network, winograd_min_channels, tile=winograd_tile, input_shape=input_shape)
     if with_decode:
         network = DecodedDetector(network, build_priors(cfg).boxes(), cfg.priors.variance)
     refresh_parameter_names(network)
@@ -207,10 +214,27 @@ def _blame(detector: nn.Cell, images: np.ndarray, op: str) -> str:
     return ""
 
 
-def _export(network: nn.Cell, sample: np.ndarray, out: str, file_format: str) -> None:
+def external_data_folder(out: str) -> str:
+    """Where mindspore.export puts the weights of a MINDIR above 1 GB: `<name>_variables/` beside
+    it, named in the graph relative to the file's folder (F(4x4, 3x3) weights take 4x the
+    space of the filters: M2Det-320 VGG 0.5 -> 1.1 GB)."""
+    return out[: -len(FORMATS["MINDIR"])] + "_variables"
+
+
+def _export(network: nn.Cell, sample: np.ndarray, out: str, file_format: str) -> bool:
+    """Write `out`; True when its weights went to `external_data_folder(out)`."""
     base = out[: -len(FORMATS[file_format])]
+    split_graph = base + "_graph.mindir"
+    external = False
     try:
+        if os.path.isfile(split_graph):          # left by an earlier export: not to be taken for this one
+            os.remove(split_graph)
         ms.export(network, ms.Tensor(sample), file_name=base, file_format=file_format)
+        # above 1 GB of weights MindSpore writes <base>_graph.mindir + <base>_variables/ instead of
+        # <base>.mindir; the graph loads under any name in that folder, so it gets the asked-for name
+        if file_format == "MINDIR" and os.path.isfile(split_graph):
+            os.replace(split_graph, out)
+            external = True
     except Exception as exc:
         op = _unsupported_op(exc)
         if op is None:
@@ -221,6 +245,7 @@ def _export(network: nn.Cell, sample: np.ndarray, out: str, file_format: str) ->
         raise ExportError(f"cannot export to {file_format}: MindSpore {ms.__version__} has no {file_format} "
                           f"converter for the operator {op}{where}; export MINDIR instead, or replace that "
                           f"operator with a convertible formulation") from exc
+    return external
 
 
 def run_exported(path: str, file_format: str, images: np.ndarray) -> list[np.ndarray]:
@@ -246,11 +271,12 @@ def _describe_outputs(detector: nn.Cell, with_decode: bool) -> list[str]:
 def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR", batch_size: int = 1,
                     with_decode: bool = False, verify: bool = True, config_path: str = "",
                     classes: list | None = None, use_winograd: bool | None = None,
-                    winograd_min_channels: int = 128) -> dict:
+                    winograd_min_channels: int = 128, winograd_tile: int | None = None) -> dict:
     """Export `detector` (weights loaded) to `out`; returns the metadata also written to `out`.json.
 
-    `use_winograd` None follows `default_winograd` (MINDIR, CPU device, test.winograd); a file
-    with Winograd cells records the library they need as `custom_op_library` in the metadata.
+    `use_winograd` None follows `default_winograd` (MINDIR, CPU device, test.winograd), and
+    `winograd_tile` None test.winograd_tile (the tiles are chosen for the exported input shape);
+    a file with Winograd cells records the library they need as `custom_op_library` in the metadata.
 
     With `verify`, the prepared network (BN folded, ops rewritten) is compared with the detector
     on a random input before exporting, and the written file is run and compared again (relative
@@ -274,8 +300,10 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
 
     if use_winograd is None:
         use_winograd = default_winograd(cfg, file_format, ms.get_context("device_target"))
+    if winograd_tile is None:
+        winograd_tile = configured_winograd_tile(cfg)
     network, changes = build_export_network(detector, cfg, file_format, with_decode, use_winograd,
-                                            winograd_min_channels)
+                                            winograd_min_channels, winograd_tile, sample.shape)
     log.info("folded %d BatchNorms, rewrote %d cells for %s, %d Winograd convolutions", len(changes["folded_bn"]),
              len(changes["rewritten"]), file_format, len(changes["winograd"]))
     prepared = [o.asnumpy() for o in network(ms.Tensor(sample))]
@@ -290,7 +318,7 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         else:
             prepared_err = _check(head_outputs(detector, sample), head_outputs(network, sample),
                                   "the folded/rewritten export network (head outputs before predict)")
-    _export(network, sample, out, file_format)
+    external = _export(network, sample, out, file_format)
     if verify:
         got = run_exported(out, file_format, sample)
         if elementwise:
@@ -324,8 +352,11 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         "folded_batchnorms": len(changes["folded_bn"]),
         "rewritten_cells": changes["rewritten"],
         "winograd_convolutions": len(changes["winograd"]),
+        "winograd_tiles": winograd.describe(network),
         # MindSpore opens the custom operators' library at this path when the graph first runs
         "custom_op_library": winograd.LIBRARY if changes["winograd"] else None,
+        # a MINDIR above 1 GB keeps its weights in this folder beside it: copy both together
+        "external_data": os.path.basename(external_data_folder(out)) if external else None,
         "max_relative_error": {"export_network": prepared_err, "file": file_err},
         "mindspore": ms.__version__,
         **sidecar_entries(cfg, classes),
