@@ -238,6 +238,17 @@ def test_vfnet_with_star_dcn_exports_with_winograd(tmp_path):
     assert [list(o.shape) for o in got] == meta["output_shapes"]
 
 
+def test_a_mindir_without_its_weights_folder_is_refused_by_name(tmp_path):
+    from src.inference.predictor import check_external_data
+
+    path = str(tmp_path / "big.mindir")
+    check_external_data(path, {"external_data": None})                    # weights inside the file
+    with pytest.raises(PredictorError, match=r"big\.mindir keeps its weights in the folder big_variables/ .*copy"):
+        check_external_data(path, {"external_data": "big_variables"})
+    (tmp_path / "big_variables").mkdir()
+    check_external_data(path, {"external_data": "big_variables"})
+
+
 def test_a_winograd_mindir_is_refused_off_cpu():
     from src.inference.predictor import check_custom_op_library
 

@@ -21,7 +21,7 @@ from src.builder import (build_detector, build_output_decoder, build_postprocess
 from src.inference.fast_network import inference_network
 from src.inference.names import load_class_names
 from src.inference.predictor import (DecodedBoxesDecoder, ExpectedModel, Predictor, check_custom_op_library,
-                                     check_mindir_fits, load_mindir, read_mindir_description)
+                                     check_external_data, check_mindir_fits, load_mindir, read_mindir_description)
 from src.model_info import ModelInfo, class_names_for, info_from_checkpoint, info_from_sidecar, read_sidecar, resolve_config
 from src.postprocess import Postprocessor
 from src.training.checkpoint import CheckpointError, load_detector_weights, read_checkpoint
@@ -80,6 +80,7 @@ def predictor_from_mindir(cfg, path: str) -> Predictor:
     shape = meta.get("input_shape", [1, 3, *input_policy(cfg).canvas()])
     check_mindir_fits(path, meta, expected_model(cfg))
     check_custom_op_library(path, meta, ms.get_context("device_target"))
+    check_external_data(path, meta)
     cell = load_mindir(path)
     decoder = DecodedBoxesDecoder() if meta.get("with_decode") else build_output_decoder(cfg)
     postprocessor = Postprocessor(decoder, input_policy(cfg), detection_settings(cfg), clip=True)

@@ -83,6 +83,17 @@ def check_custom_op_library(path: str, meta: dict, device_target: str = "CPU") -
             f"test.winograd=false` writes a self-contained MINDIR with direct convolutions")
 
 
+def check_external_data(path: str, meta: dict) -> None:
+    """Refuse a MINDIR whose weights live in a folder beside it (export.py's `external_data`, for
+    files above 1 GB) when that folder was not copied with it: MindSpore would fail without
+    naming it."""
+    folder = meta.get("external_data")
+    if folder and not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(path)), folder)):
+        raise PredictorError(
+            f"{path} keeps its weights in the folder {folder}/ beside it (written by export.py for files above "
+            f"1 GB), which is missing: copy that folder together with the MINDIR")
+
+
 @dataclass(frozen=True)
 class ExpectedModel:
     """What a config makes of a network, to compare with an exported MINDIR's description.
