@@ -180,12 +180,14 @@ def test_a_mindir_with_external_weights_gets_the_asked_for_name(wide, tmp_path, 
         os.makedirs(file_name + "_variables")
 
     cfg, detector = wide
-    (tmp_path / "big_graph.mindir").write_bytes(b"stale")          # an earlier export's leftover
+    (tmp_path / "big_graph.mindir").write_bytes(b"someone else's")  # written elsewhere: left alone
     monkeypatch.setattr(exporter.ms, "export", split_export)
     meta = export_detector(detector, cfg, str(tmp_path / "big.mindir"), "MINDIR", batch_size=1)
     assert meta["external_data"] == "big_variables"
     assert json.loads((tmp_path / "big.mindir.json").read_text())["external_data"] == "big_variables"
-    assert not (tmp_path / "big_graph.mindir").exists()
+    assert (tmp_path / "big_variables").is_dir() and (tmp_path / "big_graph.mindir").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.mindir", "big.mindir.json", "big_graph.mindir",
+                                                          "big_variables"]
     monkeypatch.setattr(exporter.ms, "export", real_export)
     meta = export_detector(detector, cfg, str(tmp_path / "small.mindir"), "MINDIR", batch_size=1, verify=False)
     assert meta["external_data"] is None
@@ -256,3 +258,24 @@ def test_a_winograd_mindir_is_refused_off_cpu():
     check_custom_op_library("m.mindir", {"custom_op_library": None}, "GPU")        # direct convolutions
     with pytest.raises(PredictorError, match=r"m\.mindir .*CPU custom operators.*--device_target GPU"):
         check_custom_op_library("m.mindir", {"custom_op_library": winograd.LIBRARY}, "GPU")
+
+
+def test_a_failed_export_leaves_the_earlier_file_whole(wide, tmp_path, monkeypatch):
+    # the file is written and checked in a folder beside it and moved into place at the end
+    import src.export.exporter as exporter
+
+    cfg, detector = wide
+    out = tmp_path / "m.mindir"
+    export_detector(detector, cfg, str(out), "MINDIR", batch_size=1, verify=False)
+    before = out.read_bytes()
+
+    def half_written(network, *inputs, file_name, file_format):
+        with open(file_name + ".mindir", "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(exporter.ms, "export", half_written)
+    with pytest.raises(ExportError, match="No space left on device"):
+        export_detector(detector, cfg, str(out), "MINDIR", batch_size=1, verify=False)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mindir", "m.mindir.json"]

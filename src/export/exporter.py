@@ -35,6 +35,7 @@ import copy
 import logging
 import os
 import re
+import shutil
 import tempfile
 
 import mindspore as ms
@@ -51,7 +52,7 @@ from src.config_upgrade import CONFIG_VERSION
 from src.export.fold_bn import fold_batchnorm
 from src.export.onnx_compat import UnsupportedForExport, make_onnx_compatible
 from src.model_info import sidecar_entries
-from src.utils.io import write_json_atomic
+from src.utils.io import temp_name_prefix, write_json_atomic
 
 log = logging.getLogger("m2det.export")
 
@@ -222,19 +223,18 @@ def external_data_folder(out: str) -> str:
 
 
 def _export(network: nn.Cell, sample: np.ndarray, out: str, file_format: str) -> bool:
-    """Write `out`; True when its weights went to `external_data_folder(out)`."""
+    """Write `out` (into a fresh folder: see _place); True when its weights went to
+    `external_data_folder(out)`."""
     base = out[: -len(FORMATS[file_format])]
     split_graph = base + "_graph.mindir"
-    external = False
     try:
-        if os.path.isfile(split_graph):          # left by an earlier export: not to be taken for this one
-            os.remove(split_graph)
         ms.export(network, ms.Tensor(sample), file_name=base, file_format=file_format)
         # above 1 GB of weights MindSpore writes <base>_graph.mindir + <base>_variables/ instead of
         # <base>.mindir; the graph loads under any name in that folder, so it gets the asked-for name
         if file_format == "MINDIR" and os.path.isfile(split_graph):
             os.replace(split_graph, out)
-            external = True
+            return True
+        return False
     except Exception as exc:
         op = _unsupported_op(exc)
         if op is None:
@@ -245,7 +245,19 @@ def _export(network: nn.Cell, sample: np.ndarray, out: str, file_format: str) ->
         raise ExportError(f"cannot export to {file_format}: MindSpore {ms.__version__} has no {file_format} "
                           f"converter for the operator {op}{where}; export MINDIR instead, or replace that "
                           f"operator with a convertible formulation") from exc
-    return external
+
+
+def _place(written: str, out: str, external: bool) -> None:
+    """Move a file written (and checked) in a temporary folder beside `out` into place: an
+    interrupted or failed export leaves any earlier `out` as it was. The weights folder of a
+    split MINDIR keeps its name (the graph names it), so it moves first; an earlier file's
+    folder that the new file does not use is removed with the file it belonged to."""
+    folder = external_data_folder(out)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    if external:
+        os.replace(external_data_folder(written), folder)
+    os.replace(written, out)
 
 
 def run_exported(path: str, file_format: str, images: np.ndarray) -> list[np.ndarray]:
@@ -318,19 +330,23 @@ def export_detector(detector: nn.Cell, cfg, out: str, file_format: str = "MINDIR
         else:
             prepared_err = _check(head_outputs(detector, sample), head_outputs(network, sample),
                                   "the folded/rewritten export network (head outputs before predict)")
-    external = _export(network, sample, out, file_format)
-    if verify:
-        got = run_exported(out, file_format, sample)
-        if elementwise:
-            file_err = _check(expected, got, f"the exported {out}")
-        elif [list(np.shape(o)) for o in got] != [list(o.shape) for o in prepared]:
-            raise ExportError(f"the exported {out} gives outputs of shapes {[list(np.shape(o)) for o in got]}, "
-                              f"the network {[list(o.shape) for o in prepared]}")
-        else:
-            log.info("%s outputs top-k selections: the written file was checked for output shapes only",
-                     type(detector.head).__name__)
-        log.info("export network within %.2g of the detector; written file within %s", prepared_err,
-                 "n/a" if file_err is None else f"{file_err:.2g}")
+    # written and checked in a folder beside `out`, then moved into place (_place)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=temp_name_prefix(out)) as tmp:
+        written = os.path.join(tmp, os.path.basename(out))
+        external = _export(network, sample, written, file_format)
+        if verify:
+            got = run_exported(written, file_format, sample)
+            if elementwise:
+                file_err = _check(expected, got, f"the exported {out}")
+            elif [list(np.shape(o)) for o in got] != [list(o.shape) for o in prepared]:
+                raise ExportError(f"the exported {out} gives outputs of shapes {[list(np.shape(o)) for o in got]}, "
+                                  f"the network {[list(o.shape) for o in prepared]}")
+            else:
+                log.info("%s outputs top-k selections: the written file was checked for output shapes only",
+                         type(detector.head).__name__)
+            log.info("export network within %.2g of the detector; written file within %s", prepared_err,
+                     "n/a" if file_err is None else f"{file_err:.2g}")
+        _place(written, out, external)
     meta = {
         "format": file_format,
         "file": os.path.basename(out),
