@@ -1,0 +1,150 @@
+"""Direct 3x3 convolutions for narrow layers (m2det/direct_conv.py, m2det/kernels/direct_conv3x3.c).
+
+Outputs and the gradients of input, weight and bias against a float64 NumPy convolution written
+here (explicit sums over the 3x3 window) and against nn.Conv2d with the same Parameters; the
+eligibility rule; the swap keeping Parameter names; the trainer's setting and its fallbacks.
+"""
+import logging
+import os
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+import pytest
+
+from m2det import direct_conv
+from src.config import load_config
+from src.training import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "tests/configs/tiny.yaml"
+
+
+def setup_module():
+    assert direct_conv.available(), f"{direct_conv.LIBRARY} missing: run `bash scripts/make.sh`"
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+
+
+def conv2d(weight, bias=None):
+    k, c = weight.shape[:2]
+    return nn.Conv2d(c, k, 3, pad_mode="pad", padding=1, has_bias=bias is not None,
+                     weight_init=ms.Tensor(weight), bias_init=None if bias is None else ms.Tensor(bias))
+
+
+def reference(x, w, b, r):
+    """float64: y = conv(x, w) + b and, for the loss sum(y * r), dx, dw and db, by explicit
+    sums over the window of the zero-padded input."""
+    x, w, r = x.astype(np.float64), w.astype(np.float64), r.astype(np.float64)
+    n, c, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.zeros((n, w.shape[0], h, wd))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i in range(3):
+        for j in range(3):
+            window = xp[:, :, i:i + h, j:j + wd]                           # (n, c, h, w)
+            y += np.einsum("nchw,kc->nkhw", window, w[:, :, i, j])
+            dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", r, window)
+            dxp[:, :, i:i + h, j:j + wd] += np.einsum("nkhw,kc->nchw", r, w[:, :, i, j])
+    if b is not None:
+        y += b.astype(np.float64)[None, :, None, None]
+    return y, dxp[:, :, 1:-1, 1:-1], dw, r.sum(axis=(0, 2, 3))
+
+
+class _WeightedSum(nn.Cell):
+    def __init__(self, net, r):
+        super().__init__()
+        self.net, self.r = net, r
+
+    def construct(self, x):
+        return (self.net(x) * self.r).sum()
+
+
+def rel_error(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+# odd sizes, C != K, batches > 1; 1 x 1 maps; K not a multiple of the kernels' 4-channel blocks;
+# a case with many 2048-position chunks of the filter gradient (uneven across the threads)
+@pytest.mark.parametrize("n,c,k,h,w,bias", [(2, 3, 5, 7, 9, True), (3, 8, 6, 5, 4, False), (2, 4, 3, 1, 1, True),
+                                            (2, 16, 9, 12, 13, False), (3, 5, 7, 61, 47, True)])
+def test_outputs_and_gradients(n, c, k, h, w, bias):
+    rng = np.random.default_rng(n * 100 + c * 10 + k)
+    weight = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    r = rng.standard_normal((n, k, h, w)).astype(np.float32)
+    conv = conv2d(weight, b)
+    fast = direct_conv.DirectConv3x3(conv.weight, conv.bias if bias else None)
+    params = [conv.weight, conv.bias] if bias else [conv.weight]
+    results = []
+    for net in (conv, fast):
+        y = net(ms.Tensor(x)).asnumpy()
+        _, (dx, dparams) = ms.value_and_grad(_WeightedSum(net, ms.Tensor(r)), grad_position=0, weights=params)(
+            ms.Tensor(x))
+        results.append([y, dx.asnumpy()] + [g.asnumpy() for g in dparams])
+    expected = reference(x, weight, b, r)
+    names = ["y", "dx", "dweight", "dbias"]
+    for got_ours, got_ms, want, name in zip(results[1], results[0], expected, names):
+        assert got_ours.shape == want.shape, name
+        assert rel_error(got_ours, want) < 2e-6, name       # float32 against float64
+        assert rel_error(got_ours, got_ms) < 1e-5, name     # against MindSpore's own convolution
+
+
+def test_eligible_convolutions():
+    def conv(c=32, k=32, kernel=3, stride=1, dilation=1, group=1, padding=1, pad_mode="pad", data_format="NCHW"):
+        return nn.Conv2d(c, k, kernel, stride=stride, dilation=dilation, group=group, pad_mode=pad_mode,
+                         padding=padding if pad_mode == "pad" else 0, data_format=data_format)
+
+    assert direct_conv.eligible(conv(), 32)
+    assert direct_conv.eligible(conv(pad_mode="same"), 32)
+    assert direct_conv.eligible(conv(c=3, k=8), 8)
+    assert not direct_conv.eligible(conv(c=64), 32)          # wide input
+    assert not direct_conv.eligible(conv(k=64), 32)          # wide output
+    assert not direct_conv.eligible(conv(), 0)               # the setting's "off"
+    assert not direct_conv.eligible(conv(kernel=1, padding=0), 32)
+    assert not direct_conv.eligible(conv(stride=2), 32)
+    assert not direct_conv.eligible(conv(dilation=2, padding=2), 32)
+    assert not direct_conv.eligible(conv(group=2), 32)
+    assert not direct_conv.eligible(conv(padding=0), 32)
+    assert not direct_conv.eligible(nn.Dense(4, 4), 32)
+
+
+def _tiny_detector():
+    from src.builder import build_detector
+
+    ms.set_seed(0)
+    return build_detector(load_config(os.path.join(ROOT, TINY)))
+
+
+def test_swap_keeps_parameters_and_names():
+    detector = _tiny_detector()
+    before = [(p.name, tuple(p.shape), id(p)) for p in detector.get_parameters()]
+    replaced = direct_conv.use_direct_conv(detector, 64)
+    assert replaced and all(isinstance(c, direct_conv.DirectConv3x3) for n, c in detector.cells_and_names()
+                            if n in set(replaced))
+    assert [(p.name, tuple(p.shape), id(p)) for p in detector.get_parameters()] == before
+
+
+def test_trainer_setting_swaps_on_cpu_only(caplog):
+    cfg = load_config(os.path.join(ROOT, TINY), ["train.direct_conv_max_channels=64"])
+    assert cfg.train.direct_conv_max_channels == 64
+    assert load_config(os.path.join(ROOT, TINY)).train.direct_conv_max_channels == 0     # off by default
+    detector = _tiny_detector()
+    trainer._use_direct_conv_for_training(detector, "GPU", "O0", 64)
+    assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
+    trainer._use_direct_conv_for_training(detector, "CPU", "O2", 64)
+    assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
+    trainer._use_direct_conv_for_training(detector, "CPU", "O0", cfg.train.direct_conv_max_channels)
+    assert any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
+
+
+def test_missing_library_keeps_mindspore_convolutions(monkeypatch, caplog):
+    monkeypatch.setattr(direct_conv, "LIBRARY", "/nonexistent/_direct_conv3x3.so")
+    detector = _tiny_detector()
+    with caplog.at_level(logging.WARNING, logger="m2det.direct_conv"):
+        trainer._use_direct_conv_for_training(detector, "CPU", "O0", 64)
+    assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
+    assert "train.direct_conv_max_channels" in caplog.text and "scripts/make.sh" in caplog.text
+    with pytest.raises(RuntimeError, match="make.sh"):
+        direct_conv.use_direct_conv(detector, 64)
