@@ -23,7 +23,9 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
     train step (Winograd)    the same with Winograd convolutions, as train.winograd (the default)
     train step (direct)      three workers alternating: the plain MindSpore step, the same with the
                              3x3 convolutions of <= --direct_conv_max_channels channels by our
-                             direct kernels (m2det/direct_conv.py, train.direct_conv_max_channels),
+                             direct kernels (m2det/direct_conv.py, train.direct_conv_max_channels)
+                             and the unpadded 1x1 / kernel-sized ones of <= --matmul_conv_max_channels
+                             as MatMuls (m2det/matmul_conv.py, train.matmul_conv_max_channels),
                              and PyTorch; also the workers' process CPU time per step
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
@@ -90,6 +92,9 @@ def parse_args(argv=None):
                         help="Winograd for 3x3 convolutions with at least this many input and output channels")
     parser.add_argument("--direct_conv_max_channels", type=int, default=192,
                         help="train_direct: our direct kernels for 3x3 convolutions with at most this many channels")
+    parser.add_argument("--matmul_conv_max_channels", type=int, default=192,
+                        help="train_direct: also unpadded 1x1 / kernel-sized convolutions with at most this many "
+                             "channels as MatMuls (m2det/matmul_conv.py); 0 = not")
     parser.add_argument("--no_conv_peak", action="store_true", help="skip the table of single 3x3 convolutions")
     parser.add_argument("--json", help="also write the rows and the settings to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -178,7 +183,7 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
 
 
 def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: int, threads: int,
-                       winograd: bool, min_channels: int, direct_max: int = 0) -> None:
+                       winograd: bool, min_channels: int, direct_max: int = 0, matmul_max: int = 0) -> None:
     """One framework's train step in its own process: build it, then time one step per request."""
     import mindspore as ms
     import numpy as np
@@ -197,8 +202,10 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
         del reference
         if framework == "mindspore_direct":
             from m2det.direct_conv import use_direct_conv
+            from m2det.matmul_conv import use_matmul_conv
 
             use_direct_conv(detector, direct_max)   # as train.direct_conv_max_channels does
+            use_matmul_conv(detector, matmul_max)   # as train.matmul_conv_max_channels does
         if winograd:
             from m2det.winograd import use_winograd
 
@@ -256,7 +263,7 @@ class _RemoteStep:
 
 
 def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: int, winograd: bool = False,
-              min_channels: int = 128, direct_max: int = 0) -> dict:
+              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0) -> dict:
     """Train steps alternating between two worker processes, one per framework.
 
     Unlike the forward cases, the steps do not share a process: MindSpore's training graph holds
@@ -273,7 +280,7 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
     flops, _ = count_flops(build_detector(cfg), cfg.model.input_size)
     gc.collect()
     ctx = multiprocessing.get_context("spawn")
-    worker_args = (path, list(overrides), batch, threads, winograd, min_channels, direct_max)
+    worker_args = (path, list(overrides), batch, threads, winograd, min_channels, direct_max, matmul_max)
     names = ("mindspore", "mindspore_direct", "pytorch") if direct_max > 0 else ("mindspore", "pytorch")
     workers = [_RemoteStep(ctx, name, worker_args) for name in names]
     try:
@@ -289,7 +296,7 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
             worker.close()
     case = "train step (Winograd)" if winograd else "train step"
     if direct_max > 0:
-        case += f" (+ direct kernels <= {direct_max} ch)"
+        case += f" (+ direct kernels <= {direct_max} ch, matmul convs <= {matmul_max} ch)"
     row = {"config": cfg.config_name, "case": case,
            "batch": batch, "reps": reps, "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
     for name, _ in cases:
@@ -418,7 +425,8 @@ def run_cases(args, path: str) -> list[dict]:
         if case in args.cases:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
                                   winograd=case == "train_winograd", min_channels=args.winograd_min_channels,
-                                  direct_max=args.direct_conv_max_channels if case == "train_direct" else 0))
+                                  direct_max=args.direct_conv_max_channels if case == "train_direct" else 0,
+                                  matmul_max=args.matmul_conv_max_channels))
     return rows
 
 
@@ -433,7 +441,8 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
     cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd + ["--no_mindir"] * args.no_mindir
     cmd += ["--mindir_direct"] * args.mindir_direct
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
-    cmd += ["--direct_conv_max_channels", str(args.direct_conv_max_channels)]
+    cmd += ["--direct_conv_max_channels", str(args.direct_conv_max_channels),
+            "--matmul_conv_max_channels", str(args.matmul_conv_max_channels)]
     cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)

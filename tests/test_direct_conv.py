@@ -1,8 +1,9 @@
-"""Direct 3x3 convolutions for narrow layers (m2det/direct_conv.py, m2det/kernels/direct_conv3x3.c).
+"""Narrow convolutions for CPU training: direct 3x3 kernels (m2det/direct_conv.py,
+m2det/kernels/direct_conv3x3.c) and unpadded convolutions as MatMuls (m2det/matmul_conv.py).
 
 Outputs and the gradients of input, weight and bias against a float64 NumPy convolution written
-here (explicit sums over the 3x3 window) and against nn.Conv2d with the same Parameters; the
-eligibility rule; the swap keeping Parameter names; the trainer's setting and its fallbacks.
+here (explicit sums over the window) and against nn.Conv2d with the same Parameters; the
+eligibility rules; the swaps keeping Parameter names; the trainer's settings and their fallbacks.
 """
 import logging
 import os
@@ -12,7 +13,7 @@ import mindspore.nn as nn
 import numpy as np
 import pytest
 
-from m2det import direct_conv
+from m2det import direct_conv, matmul_conv
 from src.config import load_config
 from src.training import trainer
 
@@ -31,24 +32,26 @@ def conv2d(weight, bias=None):
                      weight_init=ms.Tensor(weight), bias_init=None if bias is None else ms.Tensor(bias))
 
 
-def reference(x, w, b, r):
-    """float64: y = conv(x, w) + b and, for the loss sum(y * r), dx, dw and db, by explicit
-    sums over the window of the zero-padded input."""
+def reference(x, w, b, r, pad=1):
+    """float64: y = conv(x, w) + b (stride 1, `pad` zeros on every side) and, for the loss
+    sum(y * r), dx, dw and db, by explicit sums over the window of the zero-padded input."""
     x, w, r = x.astype(np.float64), w.astype(np.float64), r.astype(np.float64)
     n, c, h, wd = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    y = np.zeros((n, w.shape[0], h, wd))
+    kh, kw = w.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
+    y = np.zeros((n, w.shape[0], oh, ow))
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w)
-    for i in range(3):
-        for j in range(3):
-            window = xp[:, :, i:i + h, j:j + wd]                           # (n, c, h, w)
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i:i + oh, j:j + ow]                          # (n, c, oh, ow)
             y += np.einsum("nchw,kc->nkhw", window, w[:, :, i, j])
             dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", r, window)
-            dxp[:, :, i:i + h, j:j + wd] += np.einsum("nkhw,kc->nchw", r, w[:, :, i, j])
+            dxp[:, :, i:i + oh, j:j + ow] += np.einsum("nkhw,kc->nchw", r, w[:, :, i, j])
     if b is not None:
         y += b.astype(np.float64)[None, :, None, None]
-    return y, dxp[:, :, 1:-1, 1:-1], dw, r.sum(axis=(0, 2, 3))
+    return y, dxp[:, :, pad:pad + h, pad:pad + wd], dw, r.sum(axis=(0, 2, 3))
 
 
 class _WeightedSum(nn.Cell):
@@ -148,3 +151,64 @@ def test_missing_library_keeps_mindspore_convolutions(monkeypatch, caplog):
     assert "train.direct_conv_max_channels" in caplog.text and "scripts/make.sh" in caplog.text
     with pytest.raises(RuntimeError, match="make.sh"):
         direct_conv.use_direct_conv(detector, 64)
+
+
+# 1x1 on maps of 1x1 to 7x5; 3x3 unpadded on a 3x3 input (a 1x1 output); 3x3 unpadded on 5x4
+# (larger than the kernel: the original convolution operator); C != K, batches > 1
+@pytest.mark.parametrize("n,c,k,kernel,h,w,bias", [(2, 5, 3, 1, 7, 5, True), (3, 8, 6, 1, 1, 1, False),
+                                                   (2, 6, 4, 3, 3, 3, True), (2, 4, 5, 3, 5, 4, False)])
+def test_matmul_conv_outputs_and_gradients(n, c, k, kernel, h, w, bias):
+    rng = np.random.default_rng(n * 100 + c * 10 + k + kernel)
+    weight = rng.standard_normal((k, c, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    r = rng.standard_normal((n, k, h - kernel + 1, w - kernel + 1)).astype(np.float32)
+    conv = nn.Conv2d(c, k, kernel, pad_mode="valid", has_bias=bias, weight_init=ms.Tensor(weight),
+                     bias_init=None if b is None else ms.Tensor(b))
+    assert matmul_conv.eligible(conv, 8)
+    fast = matmul_conv.MatmulConv2d(conv)
+    params = [conv.weight, conv.bias] if bias else [conv.weight]
+    results = []
+    for net in (conv, fast):
+        y = net(ms.Tensor(x)).asnumpy()
+        _, (dx, dparams) = ms.value_and_grad(_WeightedSum(net, ms.Tensor(r)), grad_position=0, weights=params)(
+            ms.Tensor(x))
+        results.append([y, dx.asnumpy()] + [g.asnumpy() for g in dparams])
+    expected = reference(x, weight, b, r, pad=0)
+    for got_ours, got_ms, want, name in zip(results[1], results[0], expected, ["y", "dx", "dweight", "dbias"]):
+        assert got_ours.shape == want.shape, name
+        assert rel_error(got_ours, want) < 2e-6, name
+        assert rel_error(got_ours, got_ms) < 1e-5, name
+
+
+def test_matmul_conv_eligible():
+    def conv(c=16, k=16, kernel=1, stride=1, dilation=1, group=1, padding=0, pad_mode="pad"):
+        return nn.Conv2d(c, k, kernel, stride=stride, dilation=dilation, group=group, pad_mode=pad_mode,
+                         padding=padding if pad_mode == "pad" else 0)
+
+    assert matmul_conv.eligible(conv(), 16)
+    assert matmul_conv.eligible(conv(pad_mode="same"), 16)          # 1x1 "same" pads nothing
+    assert matmul_conv.eligible(conv(kernel=3), 16)                 # a matrix product on 3x3 inputs
+    assert matmul_conv.eligible(conv(kernel=3, stride=2), 16)
+    assert not matmul_conv.eligible(conv(kernel=3, pad_mode="same"), 16)
+    assert not matmul_conv.eligible(conv(kernel=3, padding=1), 16)
+    assert not matmul_conv.eligible(conv(stride=2), 16)             # a strided 1x1 subsamples first
+    assert not matmul_conv.eligible(conv(padding=1), 16)
+    assert not matmul_conv.eligible(conv(group=2), 16)
+    assert not matmul_conv.eligible(conv(kernel=3, dilation=2), 16)
+    assert not matmul_conv.eligible(conv(c=32), 16)
+    assert not matmul_conv.eligible(conv(), 0)
+    assert not matmul_conv.eligible(nn.Dense(4, 4), 16)
+
+
+def test_matmul_swap_keeps_parameters_and_setting():
+    cfg = load_config(os.path.join(ROOT, TINY), ["train.matmul_conv_max_channels=64"])
+    assert cfg.train.matmul_conv_max_channels == 64
+    assert load_config(os.path.join(ROOT, TINY)).train.matmul_conv_max_channels == 0     # off by default
+    detector = _tiny_detector()
+    before = [(p.name, tuple(p.shape), id(p)) for p in detector.get_parameters()]
+    trainer._use_matmul_conv_for_training(detector, "O2", 64)
+    assert not any(isinstance(c, matmul_conv.MatmulConv2d) for _, c in detector.cells_and_names())
+    trainer._use_matmul_conv_for_training(detector, "O0", cfg.train.matmul_conv_max_channels)
+    assert any(isinstance(c, matmul_conv.MatmulConv2d) for _, c in detector.cells_and_names())
+    assert [(p.name, tuple(p.shape), id(p)) for p in detector.get_parameters()] == before

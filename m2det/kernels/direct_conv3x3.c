@@ -29,7 +29,6 @@
  * the blocks over the threads. Every function returns 0, or a non-zero code for an
  * unsupported call (wrong rank, dtype or shapes).
  */
-#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,16 +70,26 @@ static layout make_layout(int64_t n, int64_t h, int64_t w) {
     return l;
 }
 
-/* src (N, C, H, W) -> dst (C, stride): image n, row r, column q at n * plane + (r + shift) * wp +
- * (q + shift); everything else zero. shift = 1: padded input; shift = 0: gradient at output indices. */
-static float *pack(const float *src, int64_t c, const layout *l, int shift) {
-    float *dst = (float *)calloc((size_t)(c * l->stride), sizeof(float));
+/* src (N, C, H, W) -> (rows, stride) floats, rows >= C: image n, row r, column q at
+ * n * plane + (r + shift) * wp + (q + shift); everything else zero (rows past C included).
+ * shift = 1: the padded input; shift = 0: a gradient at the output indices. Each plane is
+ * zeroed right before it is filled (no separate pass over the buffer, as calloc would make). */
+static float *pack(const float *src, int64_t c, int64_t rows, const layout *l, int shift) {
+    float *dst = (float *)malloc((size_t)(rows * l->stride) * sizeof(float));
     if (dst == NULL) return NULL;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ch = 0; ch < c; ch++) {
-        for (int64_t b = 0; b < l->n; b++) {
+    const int64_t tail = l->stride - l->n * l->plane;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < rows; ch++) {
+        for (int64_t b = 0; b <= l->n; b++) {
+            float *out = dst + ch * l->stride + b * l->plane;
+            if (b == l->n || ch >= c) {           /* the slack after the last image, or a padding row */
+                int64_t count = b == l->n ? tail : l->plane;
+                memset(out, 0, (size_t)count * sizeof(float));
+                continue;
+            }
             const float *plane = src + (b * c + ch) * l->h * l->w;
-            float *out = dst + ch * l->stride + b * l->plane + shift * (l->wp + 1);
+            memset(out, 0, (size_t)l->plane * sizeof(float));
+            out += shift * (l->wp + 1);
             for (int64_t r = 0; r < l->h; r++)
                 memcpy(out + r * l->wp, plane + r * l->w, (size_t)l->w * sizeof(float));
         }
@@ -120,7 +129,7 @@ static void correlate(const float *xp, const layout *l, int64_t cin, const float
 #pragma omp parallel
     {
         float acc[KB * BLOCK];
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(dynamic, 4)
         for (int64_t blk = 0; blk < blocks; blk++) {
             for (int64_t kbk = 0; kbk < kblocks; kbk++) {
                 const int64_t start = blk * BLOCK;
@@ -165,7 +174,7 @@ int DirectConv3x3(AOT_ARGS) {
     const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3], k = shapes[1][0];
     if (shapes[1][1] != c || shapes[1][2] != 3 || shapes[1][3] != 3) return 2;
     layout l = make_layout(n, h, w);
-    float *xp = pack((const float *)params[0], c, &l, 1);
+    float *xp = pack((const float *)params[0], c, c, &l, 1);
     float *wk = pack_filters((const float *)params[1], k, c, 0);
     int status = 3;
     if (xp != NULL && wk != NULL) {
@@ -183,7 +192,7 @@ int DirectConv3x3InputGrad(AOT_ARGS) {
     const int64_t n = shapes[0][0], k = shapes[0][1], h = shapes[0][2], w = shapes[0][3], c = shapes[1][1];
     if (shapes[1][0] != k || shapes[1][2] != 3 || shapes[1][3] != 3) return 2;
     layout l = make_layout(n, h, w);
-    float *gp = pack((const float *)params[0], k, &l, 1);
+    float *gp = pack((const float *)params[0], k, k, &l, 1);
     float *wk = pack_filters((const float *)params[1], k, c, 1);
     int status = 3;
     if (gp != NULL && wk != NULL) {
@@ -229,53 +238,34 @@ int DirectConv3x3FilterGrad(AOT_ARGS) {
     layout l = make_layout(n, h, w);
     const int64_t kpad = (k + GB - 1) / GB * GB;
     /* g: dy at the output indices, GB-padded with zero rows so that a block never tests k */
-    float *g = (float *)calloc((size_t)(kpad * l.stride), sizeof(float));
-    float *xp = pack((const float *)params[1], c, &l, 1);
+    float *g = pack((const float *)params[0], k, kpad, &l, 0);
+    float *xp = pack((const float *)params[1], c, c, &l, 1);
     float *dw = (float *)params[2];
-    if (g == NULL || xp == NULL) {
-        free(g);
-        free(xp);
-        return 3;
-    }
-    {
-        float *packed = pack((const float *)params[0], k, &l, 0);
-        if (packed == NULL) {
-            free(g);
-            free(xp);
-            return 3;
-        }
-        memcpy(g, packed, (size_t)(k * l.stride) * sizeof(float));
-        free(packed);
-    }
     const int64_t length = (l.length + VL - 1) / VL * VL;
     const int64_t chunks = (length + GCHUNK - 1) / GCHUNK, kblocks = kpad / GB, size = kpad * c * 9;
-    /* one (kpad, C, 9) sum per thread, added in thread order afterwards: the result does not
-     * depend on which thread finished first */
-    const int threads = omp_get_max_threads();
-    float *sums = (float *)calloc((size_t)(threads * size), sizeof(float));
+    /* one partial sum per chunk of positions, added in chunk order afterwards: the result does
+     * not depend on the number of threads or on which thread took which block */
+    float *sums = (float *)malloc((size_t)(chunks * size) * sizeof(float));
     int status = 3;
-    if (sums != NULL) {
-#pragma omp parallel num_threads(threads)
-        {
-            float *mine = sums + omp_get_thread_num() * size;
-            float block[GB * 9];
-#pragma omp for schedule(static)
-            for (int64_t chunk = 0; chunk < chunks; chunk++) {
+    if (g != NULL && xp != NULL && sums != NULL) {
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+        for (int64_t chunk = 0; chunk < chunks; chunk++) {
+            for (int64_t kbk = 0; kbk < kblocks; kbk++) {
                 const int64_t start = chunk * GCHUNK, end = start + GCHUNK < length ? start + GCHUNK : length;
-                for (int64_t kbk = 0; kbk < kblocks; kbk++) {
-                    for (int64_t ch = 0; ch < c; ch++) {
-                        memset(block, 0, sizeof(block));
-                        filter_block(g + kbk * GB * l.stride, l.stride, xp + ch * l.stride, l.wp, start, end, block);
-                        for (int kb = 0; kb < GB; kb++)
-                            for (int t = 0; t < 9; t++) mine[((kbk * GB + kb) * c + ch) * 9 + t] += block[kb * 9 + t];
-                    }
+                float *mine = sums + chunk * size + kbk * GB * c * 9;
+                for (int64_t ch = 0; ch < c; ch++) {
+                    float block[GB * 9] = {0};
+                    filter_block(g + kbk * GB * l.stride, l.stride, xp + ch * l.stride, l.wp, start, end, block);
+                    for (int kb = 0; kb < GB; kb++)
+                        for (int t = 0; t < 9; t++) mine[(kb * c + ch) * 9 + t] = block[kb * 9 + t];
                 }
             }
         }
+#pragma omp parallel for schedule(static)
         for (int64_t j = 0; j < k * c * 9; j++) {
-            float s = 0.0f;
-            for (int th = 0; th < threads; th++) s += sums[th * size + j];
-            dw[j] = s;
+            float total = 0.0f;
+            for (int64_t chunk = 0; chunk < chunks; chunk++) total += sums[chunk * size + j];
+            dw[j] = total;
         }
         status = 0;
     }
