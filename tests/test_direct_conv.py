@@ -212,3 +212,33 @@ def test_matmul_swap_keeps_parameters_and_setting():
     trainer._use_matmul_conv_for_training(detector, "O0", cfg.train.matmul_conv_max_channels)
     assert any(isinstance(c, matmul_conv.MatmulConv2d) for _, c in detector.cells_and_names())
     assert [(p.name, tuple(p.shape), id(p)) for p in detector.get_parameters()] == before
+
+
+def test_detector_gradients_unchanged():
+    import copy
+
+    from bench import harness
+    from src.training.train_step import DetectorWithLoss
+
+    cfg = load_config(os.path.join(ROOT, TINY))
+    detector = _tiny_detector()
+    # BatchNorm on its moving statistics, as in tests/test_winograd.py: batch statistics of the
+    # 1 x 1 TUM maps turn 1e-7 differences into percent-level gradient changes
+    for _, cell in detector.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d):
+            cell.use_batch_statistics = False
+    fast = copy.deepcopy(detector)
+    assert direct_conv.use_direct_conv(fast, 1024) and matmul_conv.use_matmul_conv(fast, 1024)
+    images = np.random.default_rng(2).uniform(-100, 100, (2, 3, cfg.model.input_size, cfg.model.input_size))
+    loc_t, conf_t = harness.synthetic_targets(cfg, 2, seed=2)
+    inputs = (ms.Tensor(images.astype(np.float32)), ms.Tensor(loc_t), ms.Tensor(conf_t))
+    results = []
+    for net in (detector, fast):
+        net.set_train(True)
+        params = net.trainable_params()
+        value, grads = ms.value_and_grad(DetectorWithLoss(net), None, params, has_aux=True)(*inputs)
+        results.append((float(value[0].asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
+    assert results[0][1].keys() == results[1][1].keys()
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    worst = max(rel_error(results[1][1][n], results[0][1][n]) for n in results[0][1])
+    assert worst < 2e-5
