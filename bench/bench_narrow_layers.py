@@ -10,8 +10,9 @@ then `--batch`). Per shape, alternating round-robin (bench/harness.py `alternate
 
     ms        MindSpore GRAPH mode, nn.Conv2d / nn.MaxPool2d as the network has it: loss sum(y * r),
               gradients of the input and the weight (what a train step computes)
-    ms_direct the same with m2det.direct_conv.DirectConv3x3 (our C kernels) for the shapes it
-              takes (3x3, stride 1, padding 1), when the library is built
+    ms_direct "ours": the same with m2det.direct_conv.DirectConv3x3 (our C kernels) for the shapes
+              it takes (3x3, stride 1, padding 1, when the library is built), or with
+              m2det.matmul_conv.MatmulConv2d (MatMuls) for unpadded 1x1 and kernel-sized ones
     torch     PyTorch eager, the same layer (weights, padding, ceil mode), the same gradients
 
 "count" is how many layers of the network have the shape; "x count" columns are per step.
@@ -67,7 +68,7 @@ def layer_shapes(cfg) -> list[dict]:
 def _label(key) -> str:
     if key[0] == "conv":
         _, c, k, h, w, ks, stride, padding, dilation, _ = key
-        extra = "" if dilation == (1, 1) else f" dil {dilation[0]}"
+        extra = ("" if dilation == (1, 1) else f" dil {dilation[0]}") + f" pad {padding[0]}"
         return f"conv {ks[0]}x{ks[1]}/{stride[0]} {c}->{k} at {h}x{w}{extra}"
     _, c, _, h, w, ks, stride, mode, out = key
     return f"maxpool {ks}/{stride} {mode} {c} at {h}x{w} -> {out[0]}x{out[1]}"
@@ -80,7 +81,7 @@ def cases(key, batch: int, seed: int = 0):
     import numpy as np
     import torch
 
-    from m2det import direct_conv
+    from m2det import direct_conv, matmul_conv
 
     rng = np.random.default_rng(seed)
     c, h, w = key[1], key[3], key[4]
@@ -137,6 +138,8 @@ def cases(key, batch: int, seed: int = 0):
     out = {"ms": mindspore_case(ms_layer), "torch": torch_case}
     if key[0] == "conv" and direct_conv.available() and direct_conv.eligible(ms_layer, 1 << 30):
         out["ms_direct"] = mindspore_case(direct_conv.DirectConv3x3(ms_layer.weight, ms_layer.bias if bias else None))
+    elif key[0] == "conv" and matmul_conv.eligible(ms_layer, 1 << 30) and (ks == (1, 1) or ks == (h, w)):
+        out["ms_direct"] = mindspore_case(matmul_conv.MatmulConv2d(ms_layer))
     return out
 
 
