@@ -92,6 +92,8 @@ def parse_args(argv=None):
                         help="Winograd for 3x3 convolutions with at least this many input and output channels")
     parser.add_argument("--direct_conv_max_channels", type=int, default=192,
                         help="train_direct: our direct kernels for 3x3 convolutions with at most this many channels")
+    parser.add_argument("--direct_conv_threads", type=int, default=1,
+                        help="train_direct: OpenMP threads per direct-kernel call (train.direct_conv_threads; 0 = one per core)")
     parser.add_argument("--matmul_conv_max_channels", type=int, default=192,
                         help="train_direct: also unpadded 1x1 / kernel-sized convolutions with at most this many "
                              "channels as MatMuls (m2det/matmul_conv.py); 0 = not")
@@ -183,7 +185,8 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
 
 
 def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: int, threads: int,
-                       winograd: bool, min_channels: int, direct_max: int = 0, matmul_max: int = 0) -> None:
+                       winograd: bool, min_channels: int, direct_max: int = 0, matmul_max: int = 0,
+                       direct_threads: int = 1) -> None:
     """One framework's train step in its own process: build it, then time one step per request."""
     import mindspore as ms
     import numpy as np
@@ -201,10 +204,11 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
     if framework.startswith("mindspore"):
         del reference
         if framework == "mindspore_direct":
-            from m2det.direct_conv import use_direct_conv
+            from m2det.direct_conv import set_threads, use_direct_conv
             from m2det.matmul_conv import use_matmul_conv
 
             use_direct_conv(detector, direct_max)   # as train.direct_conv_max_channels does
+            set_threads(direct_threads)             # train.direct_conv_threads
             use_matmul_conv(detector, matmul_max)   # as train.matmul_conv_max_channels does
         if winograd:
             from m2det.winograd import use_winograd
@@ -263,7 +267,7 @@ class _RemoteStep:
 
 
 def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: int, winograd: bool = False,
-              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0) -> dict:
+              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0, direct_threads: int = 1) -> dict:
     """Train steps alternating between two worker processes, one per framework.
 
     Unlike the forward cases, the steps do not share a process: MindSpore's training graph holds
@@ -280,7 +284,8 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
     flops, _ = count_flops(build_detector(cfg), cfg.model.input_size)
     gc.collect()
     ctx = multiprocessing.get_context("spawn")
-    worker_args = (path, list(overrides), batch, threads, winograd, min_channels, direct_max, matmul_max)
+    worker_args = (path, list(overrides), batch, threads, winograd, min_channels, direct_max, matmul_max,
+                   direct_threads)
     names = ("mindspore", "mindspore_direct", "pytorch") if direct_max > 0 else ("mindspore", "pytorch")
     workers = [_RemoteStep(ctx, name, worker_args) for name in names]
     try:
@@ -296,7 +301,7 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
             worker.close()
     case = "train step (Winograd)" if winograd else "train step"
     if direct_max > 0:
-        case += f" (+ direct kernels <= {direct_max} ch, matmul convs <= {matmul_max} ch)"
+        case += f" (+ direct kernels <= {direct_max} ch on {direct_threads} thread(s), matmul convs <= {matmul_max} ch)"
     row = {"config": cfg.config_name, "case": case,
            "batch": batch, "reps": reps, "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
     for name, _ in cases:
@@ -426,7 +431,7 @@ def run_cases(args, path: str) -> list[dict]:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
                                   winograd=case == "train_winograd", min_channels=args.winograd_min_channels,
                                   direct_max=args.direct_conv_max_channels if case == "train_direct" else 0,
-                                  matmul_max=args.matmul_conv_max_channels))
+                                  matmul_max=args.matmul_conv_max_channels, direct_threads=args.direct_conv_threads))
     return rows
 
 
@@ -442,7 +447,8 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
     cmd += ["--mindir_direct"] * args.mindir_direct
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
     cmd += ["--direct_conv_max_channels", str(args.direct_conv_max_channels),
-            "--matmul_conv_max_channels", str(args.matmul_conv_max_channels)]
+            "--matmul_conv_max_channels", str(args.matmul_conv_max_channels),
+            "--direct_conv_threads", str(args.direct_conv_threads)]
     cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)

@@ -16,6 +16,7 @@ Parameters, so training, checkpoints and names are unchanged. Used by the traine
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 
@@ -43,6 +44,17 @@ def usable(device_target: str, setting: str) -> bool:
         log.warning("%s: %s is not built (bash scripts/make.sh); using MindSpore's convolutions", setting, LIBRARY)
         return False
     return True
+
+
+def set_threads(threads: int) -> int:
+    """OpenMP threads per kernel call (<= 0: one per core); returns the number in use. The
+    library keeps it for the whole process: ctypes loads the same file MindSpore's custom
+    operators load, so this reaches them. 1 is the default (docs/BENCHMARKS.md, "Narrow-layer
+    training speed": MindSpore runs the operators on its own threads, and more OpenMP threads
+    per call competed with them)."""
+    if not available():
+        raise RuntimeError(f"direct convolution kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+    return int(ctypes.CDLL(LIBRARY).DirectConv3x3SetThreads(int(threads)))
 
 
 def _custom(name: str, out_shape, bprop=None):

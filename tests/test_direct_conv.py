@@ -138,7 +138,13 @@ def test_trainer_setting_swaps_on_cpu_only(caplog):
     assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
     trainer._use_direct_conv_for_training(detector, "CPU", "O2", 64)
     assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
-    trainer._use_direct_conv_for_training(detector, "CPU", "O0", cfg.train.direct_conv_max_channels)
+    assert load_config(os.path.join(ROOT, TINY)).train.direct_conv_threads == 1
+    try:
+        with caplog.at_level(logging.INFO, logger=trainer.log.name):
+            trainer._use_direct_conv_for_training(detector, "CPU", "O0", cfg.train.direct_conv_max_channels, threads=2)
+        assert "(2 thread(s) per call)" in caplog.text      # what the library reported back
+    finally:
+        direct_conv.set_threads(1)
     assert any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
 
 
@@ -242,3 +248,25 @@ def test_detector_gradients_unchanged():
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
     worst = max(rel_error(results[1][1][n], results[0][1][n]) for n in results[0][1])
     assert worst < 2e-5
+
+
+def test_results_do_not_depend_on_the_kernel_threads():
+    # the filter gradient adds its per-chunk partial sums in chunk order, whichever thread made them
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    x = ms.Tensor(rng.standard_normal((3, 5, 61, 47)).astype(np.float32))
+    r = ms.Tensor(rng.standard_normal((3, 6, 61, 47)).astype(np.float32))
+    conv = conv2d(weight)
+    fast = direct_conv.DirectConv3x3(conv.weight)
+    grad_fn = ms.value_and_grad(_WeightedSum(fast, r), grad_position=0, weights=[conv.weight])
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            assert direct_conv.set_threads(threads) == threads
+            _, (dx, (dw,)) = grad_fn(x)
+            results.append((fast(x).asnumpy(), dx.asnumpy(), dw.asnumpy()))
+    finally:
+        direct_conv.set_threads(1)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)

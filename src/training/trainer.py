@@ -136,7 +136,8 @@ def _use_winograd_for_training(detector, device_target: str, amp_level: str, min
     log.info("train.winograd: %d convolutions use Winograd F(2x2, 3x3)", len(replaced))
 
 
-def _use_direct_conv_for_training(detector, device_target: str, amp_level: str, max_channels: int) -> None:
+def _use_direct_conv_for_training(detector, device_target: str, amp_level: str, max_channels: int,
+                                  threads: int = 1) -> None:
     """train.direct_conv_max_channels: eligible 3x3 convolutions with at most `max_channels` input
     and output channels by the direct kernels (m2det/direct_conv.py), CPU and float32 only; they
     share the convolutions' Parameters, so checkpoints are unchanged."""
@@ -149,7 +150,9 @@ def _use_direct_conv_for_training(detector, device_target: str, amp_level: str, 
     if not direct_conv.usable(device_target, "train.direct_conv_max_channels"):
         return
     replaced = direct_conv.use_direct_conv(detector, max_channels)
-    log.info("train.direct_conv_max_channels: %d convolutions use the direct kernels", len(replaced))
+    used = direct_conv.set_threads(threads)
+    log.info("train.direct_conv_max_channels: %d convolutions use the direct kernels (%d thread(s) per call)",
+             len(replaced), used)
 
 
 def _use_matmul_conv_for_training(detector, amp_level: str, max_channels: int) -> None:
@@ -271,7 +274,8 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
         apply_o2(detector)
     if tcfg.winograd:
         _use_winograd_for_training(detector, opts.device_target, amp_level, tcfg.winograd_min_channels)
-    _use_direct_conv_for_training(detector, opts.device_target, amp_level, int(tcfg.direct_conv_max_channels))
+    _use_direct_conv_for_training(detector, opts.device_target, amp_level, int(tcfg.direct_conv_max_channels),
+                                  int(tcfg.direct_conv_threads))
     _use_matmul_conv_for_training(detector, amp_level, int(tcfg.matmul_conv_max_channels))
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
