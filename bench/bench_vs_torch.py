@@ -92,7 +92,7 @@ def parse_args(argv=None):
                         help="Winograd for 3x3 convolutions with at least this many input and output channels")
     parser.add_argument("--direct_conv_max_channels", type=int, default=192,
                         help="train_direct: our direct kernels for 3x3 convolutions with at most this many channels")
-    parser.add_argument("--direct_conv_threads", type=int, default=1,
+    parser.add_argument("--direct_conv_threads", type=int, default=0,
                         help="train_direct: OpenMP threads per direct-kernel call (train.direct_conv_threads; 0 = one per core)")
     parser.add_argument("--matmul_conv_max_channels", type=int, default=192,
                         help="train_direct: also unpadded 1x1 / kernel-sized convolutions with at most this many "
@@ -186,7 +186,7 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
 
 def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: int, threads: int,
                        winograd: bool, min_channels: int, direct_max: int = 0, matmul_max: int = 0,
-                       direct_threads: int = 1) -> None:
+                       direct_threads: int = 0) -> None:
     """One framework's train step in its own process: build it, then time one step per request."""
     import mindspore as ms
     import numpy as np
@@ -267,7 +267,7 @@ class _RemoteStep:
 
 
 def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: int, winograd: bool = False,
-              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0, direct_threads: int = 1) -> dict:
+              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0, direct_threads: int = 0) -> dict:
     """Train steps alternating between two worker processes, one per framework.
 
     Unlike the forward cases, the steps do not share a process: MindSpore's training graph holds
@@ -301,7 +301,8 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
             worker.close()
     case = "train step (Winograd)" if winograd else "train step"
     if direct_max > 0:
-        case += f" (+ direct kernels <= {direct_max} ch on {direct_threads} thread(s), matmul convs <= {matmul_max} ch)"
+        case += (f" (+ direct kernels <= {direct_max} ch on {direct_threads or 'all'} thread(s), "
+                 f"matmul convs <= {matmul_max} ch)")
     row = {"config": cfg.config_name, "case": case,
            "batch": batch, "reps": reps, "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
     for name, _ in cases:

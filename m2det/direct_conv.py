@@ -47,11 +47,11 @@ def usable(device_target: str, setting: str) -> bool:
 
 
 def set_threads(threads: int) -> int:
-    """OpenMP threads per kernel call (<= 0: one per core); returns the number in use. The
-    library keeps it for the whole process: ctypes loads the same file MindSpore's custom
-    operators load, so this reaches them. 1 is the default (docs/BENCHMARKS.md, "Narrow-layer
-    training speed": MindSpore runs the operators on its own threads, and more OpenMP threads
-    per call competed with them)."""
+    """OpenMP threads per kernel call (<= 0: one per core, the default); returns the number in
+    use. The library keeps it for the whole process: ctypes loads the same file MindSpore's
+    custom operators load, so this reaches them (train.direct_conv_threads; docs/BENCHMARKS.md,
+    "Narrow-layer training speed": one thread was faster while other processes kept the cores
+    busy, two on a quiet machine)."""
     if not available():
         raise RuntimeError(f"direct convolution kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
     return int(ctypes.CDLL(LIBRARY).DirectConv3x3SetThreads(int(threads)))

@@ -138,13 +138,13 @@ def test_trainer_setting_swaps_on_cpu_only(caplog):
     assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
     trainer._use_direct_conv_for_training(detector, "CPU", "O2", 64)
     assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
-    assert load_config(os.path.join(ROOT, TINY)).train.direct_conv_threads == 1
+    assert load_config(os.path.join(ROOT, TINY)).train.direct_conv_threads == 0         # one per core
     try:
         with caplog.at_level(logging.INFO, logger=trainer.log.name):
             trainer._use_direct_conv_for_training(detector, "CPU", "O0", cfg.train.direct_conv_max_channels, threads=2)
         assert "(2 thread(s) per call)" in caplog.text      # what the library reported back
     finally:
-        direct_conv.set_threads(1)
+        direct_conv.set_threads(0)
     assert any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
 
 
@@ -266,7 +266,7 @@ def test_results_do_not_depend_on_the_kernel_threads():
             _, (dx, (dw,)) = grad_fn(x)
             results.append((fast(x).asnumpy(), dx.asnumpy(), dw.asnumpy()))
     finally:
-        direct_conv.set_threads(1)
+        direct_conv.set_threads(0)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)

@@ -26,7 +26,7 @@
  * The hot loops are register-blocked (4 output channels x 64 positions in the convolution, 2
  * output channels x 9 taps in the filter gradient) on GCC vector types, compiled for AVX-512,
  * AVX2 and the baseline (target_clones: the loader picks the best for the CPU). OpenMP spreads
- * the blocks over `kernel_threads` threads (DirectConv3x3SetThreads). Every function returns 0, or a non-zero code for an
+ * the blocks over the threads (as many as DirectConv3x3SetThreads says, by default one per core). Every function returns 0, or a non-zero code for an
  * unsupported call (wrong rank, dtype or shapes).
  */
 #include <omp.h>
@@ -55,16 +55,16 @@ typedef float vfu __attribute__((vector_size(VL * sizeof(float)), aligned(4))); 
 
 static int is_float32(const char *dtype) { return strcmp(dtype, "float32") == 0; }
 
-/* OpenMP threads per call. 1 by default: inside a MindSpore graph these operators run on
- * MindSpore's own runtime threads, next to other operators, and a second OpenMP thread per call
- * competed with them for the cores (lite train step 599 vs 763 ms, docs/BENCHMARKS.md). */
-static int kernel_threads = 1;
+/* OpenMP threads per call; 0 (the default): OpenMP's own choice, one per core. Inside a MindSpore
+ * graph these operators run on MindSpore's runtime threads next to other operators: on a quiet
+ * machine two threads per call were faster, while another process kept the cores busy one was
+ * (docs/BENCHMARKS.md, "Narrow-layer training speed"). */
+static int kernel_threads = 0;
+#define THREADS (kernel_threads > 0 ? kernel_threads : omp_get_max_threads())
 
-/* Set the threads per call (n <= 0: OpenMP's default, one per core); returns the value in use.
- * Called through ctypes (m2det/direct_conv.py), on the same loaded library as MindSpore's. */
 int DirectConv3x3SetThreads(int n) {
-    kernel_threads = n > 0 ? n : omp_get_max_threads();
-    return kernel_threads;
+    kernel_threads = n > 0 ? n : 0;
+    return THREADS;
 }
 
 /* The padded layout of (N, C, H, W) planes: (C, N * Hp * Wp + slack) floats. The slack lets
@@ -91,7 +91,7 @@ static float *pack(const float *src, int64_t c, int64_t rows, const layout *l, i
     float *dst = (float *)malloc((size_t)(rows * l->stride) * sizeof(float));
     if (dst == NULL) return NULL;
     const int64_t tail = l->stride - l->n * l->plane;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(kernel_threads)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(THREADS)
     for (int64_t ch = 0; ch < rows; ch++) {
         for (int64_t b = 0; b <= l->n; b++) {
             float *out = dst + ch * l->stride + b * l->plane;
@@ -139,7 +139,7 @@ HOT static void conv_block(const float *xp, int64_t stride, int64_t cin, int64_t
  * (cin, 9, KB) filters). */
 static void correlate(const float *xp, const layout *l, int64_t cin, const float *wk, int64_t cout, float *out) {
     const int64_t kblocks = (cout + KB - 1) / KB, blocks = (l->length + BLOCK - 1) / BLOCK;
-#pragma omp parallel num_threads(kernel_threads)
+#pragma omp parallel num_threads(THREADS)
     {
         float acc[KB * BLOCK];
 #pragma omp for collapse(2) schedule(dynamic, 4)
@@ -261,7 +261,7 @@ int DirectConv3x3FilterGrad(AOT_ARGS) {
     float *sums = (float *)malloc((size_t)(chunks * size) * sizeof(float));
     int status = 3;
     if (g != NULL && xp != NULL && sums != NULL) {
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(kernel_threads)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(THREADS)
         for (int64_t chunk = 0; chunk < chunks; chunk++) {
             for (int64_t kbk = 0; kbk < kblocks; kbk++) {
                 const int64_t start = chunk * GCHUNK, end = start + GCHUNK < length ? start + GCHUNK : length;
@@ -274,7 +274,7 @@ int DirectConv3x3FilterGrad(AOT_ARGS) {
                 }
             }
         }
-#pragma omp parallel for schedule(static) num_threads(kernel_threads)
+#pragma omp parallel for schedule(static) num_threads(THREADS)
         for (int64_t j = 0; j < k * c * 9; j++) {
             float total = 0.0f;
             for (int64_t chunk = 0; chunk < chunks; chunk++) total += sums[chunk * size + j];

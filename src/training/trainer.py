@@ -137,7 +137,7 @@ def _use_winograd_for_training(detector, device_target: str, amp_level: str, min
 
 
 def _use_direct_conv_for_training(detector, device_target: str, amp_level: str, max_channels: int,
-                                  threads: int = 1) -> None:
+                                  threads: int = 0) -> None:
     """train.direct_conv_max_channels: eligible 3x3 convolutions with at most `max_channels` input
     and output channels by the direct kernels (m2det/direct_conv.py), CPU and float32 only; they
     share the convolutions' Parameters, so checkpoints are unchanged."""
