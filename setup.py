@@ -4,6 +4,8 @@
     m2det/kernels/_winograd_f23.so the Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms (m2det/kernels/
                                    winograd_f23.c, winograd_f43.c), a plain C shared library that
                                    MindSpore loads as "aot" custom operators
+    m2det/kernels/_direct_conv3x3.so  direct 3x3 convolutions and their gradients for narrow layers
+                                   (m2det/kernels/direct_conv3x3.c), the same kind of library
 
 `pip install .` puts both into the installed packages, `pip install -e .` and
 `bash scripts/make.sh` (= `python setup.py build_ext --inplace`) next to their sources,
@@ -36,9 +38,14 @@ WINOGRAD_LIBRARY = os.path.join("m2det", "kernels", "_winograd_f23.so")
 # directly rather than as an Extension (which would add Python's flags and an ABI-tagged name)
 WINOGRAD_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
 
+# the direct convolutions: built the same way, with fused multiply-adds allowed (-std=c99 turns them off)
+DIRECT_CONV_SOURCE = os.path.join("m2det", "kernels", "direct_conv3x3.c")
+DIRECT_CONV_LIBRARY = os.path.join("m2det", "kernels", "_direct_conv3x3.so")
+DIRECT_CONV_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
+
 
 class BuildExtensionsAndKernels(build_ext):
-    """build_ext, then the Winograd library into the same tree as the extension modules."""
+    """build_ext, then the two kernel libraries into the same tree as the extension modules."""
 
     def run(self):
         super().run()
@@ -48,13 +55,17 @@ class BuildExtensionsAndKernels(build_ext):
         if not self.inplace:
             targets.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
         for target in targets:
-            self._compile_winograd([os.path.join(here, source) for source in WINOGRAD_SOURCES], target)
+            self._compile("the Winograd kernels", [os.path.join(here, source) for source in WINOGRAD_SOURCES],
+                          WINOGRAD_FLAGS, target)
+            self._compile("the direct convolution kernels", [os.path.join(here, DIRECT_CONV_SOURCE)],
+                          DIRECT_CONV_FLAGS, target.replace(WINOGRAD_LIBRARY, DIRECT_CONV_LIBRARY))
 
-    def _compile_winograd(self, sources: list, target: str) -> None:
+    @staticmethod
+    def _compile(what: str, sources: list, flags: list, target: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = target + ".tmp"
-        command = [os.environ.get("CC", "gcc"), *WINOGRAD_FLAGS, "-o", tmp, *sources]
-        print("building the Winograd kernels:", shlex.join(command))
+        command = [os.environ.get("CC", "gcc"), *flags, "-o", tmp, *sources]
+        print(f"building {what}:", shlex.join(command))
         subprocess.run(command, check=True)
         os.replace(tmp, target)
 
@@ -62,6 +73,7 @@ class BuildExtensionsAndKernels(build_ext):
         outputs = super().get_outputs()
         if not self.inplace:
             outputs.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
+            outputs.append(os.path.join(self.build_lib, DIRECT_CONV_LIBRARY))
         return outputs
 
 

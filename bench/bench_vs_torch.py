@@ -23,6 +23,12 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              convolutions (train.winograd=false) against the same step written in
                              PyTorch (bench/harness.py)
     train step (Winograd)    the same with Winograd convolutions, as train.winograd (the default)
+    train step (direct)      three workers alternating: the plain MindSpore step, the same with the
+                             3x3 convolutions of <= --direct_conv_max_channels channels by our
+                             direct kernels (m2det/direct_conv.py, train.direct_conv_max_channels)
+                             and the unpadded 1x1 / kernel-sized ones of <= --matmul_conv_max_channels
+                             as MatMuls (m2det/matmul_conv.py, train.matmul_conv_max_channels),
+                             and PyTorch; also the workers' process CPU time per step
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
 it grew for the largest case), MindSpore and PyTorch alternating inside it. A train step runs in
@@ -72,7 +78,7 @@ def parse_args(argv=None):
     parser.add_argument("--configs", nargs="+", help=f"config files (full: {' '.join(FULL_CONFIGS)})")
     parser.add_argument("--batches", nargs="+", type=int, help="forward batch sizes (full: 1 8)")
     parser.add_argument("--train_batch", type=int, default=2, help="train-step batch size")
-    parser.add_argument("--cases", nargs="+", choices=["forward", "train", "train_winograd"],
+    parser.add_argument("--cases", nargs="+", choices=["forward", "train", "train_winograd", "train_direct"],
                         default=["forward", "train", "train_winograd"])
     parser.add_argument("--reps", type=int, help="timed repetitions per case (full: 3, short: 1)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework")
@@ -88,6 +94,13 @@ def parse_args(argv=None):
                         help="also time the folded network with F(2x2, 3x3) everywhere (test.winograd_tile=2)")
     parser.add_argument("--winograd_min_channels", type=int, default=128,
                         help="Winograd for 3x3 convolutions with at least this many input and output channels")
+    parser.add_argument("--direct_conv_max_channels", type=int, default=192,
+                        help="train_direct: our direct kernels for 3x3 convolutions with at most this many channels")
+    parser.add_argument("--direct_conv_threads", type=int, default=0,
+                        help="train_direct: OpenMP threads per direct-kernel call (train.direct_conv_threads; 0 = one per core)")
+    parser.add_argument("--matmul_conv_max_channels", type=int, default=192,
+                        help="train_direct: also unpadded 1x1 / kernel-sized convolutions with at most this many "
+                             "channels as MatMuls (m2det/matmul_conv.py); 0 = not")
     parser.add_argument("--no_conv_peak", action="store_true", help="skip the table of single 3x3 convolutions")
     parser.add_argument("--json", help="also write the rows and the settings to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -181,7 +194,8 @@ def forward_rows(cfg, batches, reps, fold: bool, winograd: bool = True, min_chan
 
 
 def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: int, threads: int,
-                       winograd: bool, min_channels: int) -> None:
+                       winograd: bool, min_channels: int, direct_max: int = 0, matmul_max: int = 0,
+                       direct_threads: int = 0) -> None:
     """One framework's train step in its own process: build it, then time one step per request."""
     import mindspore as ms
     import numpy as np
@@ -196,8 +210,15 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
     size = cfg.model.input_size
     images = np.random.default_rng(7).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
     loc_t, conf_t = H.synthetic_targets(cfg, batch, seed=7)
-    if framework == "mindspore":
+    if framework.startswith("mindspore"):
         del reference
+        if framework == "mindspore_direct":
+            from m2det.direct_conv import set_threads, use_direct_conv
+            from m2det.matmul_conv import use_matmul_conv
+
+            use_direct_conv(detector, direct_max)   # as train.direct_conv_max_channels does
+            set_threads(direct_threads)             # train.direct_conv_threads
+            use_matmul_conv(detector, matmul_max)   # as train.matmul_conv_max_channels does
         if winograd:
             from m2det.winograd import use_winograd
 
@@ -215,9 +236,9 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
     gc.collect()
     conn.send("ready")
     while conn.recv() == "step":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         run_step()
-        conn.send(time.perf_counter() - start)
+        conn.send((time.perf_counter() - start, time.process_time() - cpu))
 
 
 class _RemoteStep:
@@ -229,6 +250,7 @@ class _RemoteStep:
         self.process = ctx.Process(target=_train_step_worker, args=(child, framework, *args), daemon=True)
         self.process.start()
         child.close()
+        self.cpu: list = []         # the worker's process CPU time of every step
 
     def _receive(self):
         try:
@@ -243,7 +265,9 @@ class _RemoteStep:
 
     def __call__(self) -> float:
         self.conn.send("step")
-        return self._receive()
+        wall, cpu = self._receive()
+        self.cpu.append(cpu)
+        return wall
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -252,7 +276,7 @@ class _RemoteStep:
 
 
 def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: int, winograd: bool = False,
-              min_channels: int = 128) -> dict:
+              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0, direct_threads: int = 0) -> dict:
     """Train steps alternating between two worker processes, one per framework.
 
     Unlike the forward cases, the steps do not share a process: MindSpore's training graph holds
@@ -269,22 +293,32 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
     flops, _ = count_flops(build_detector(cfg), cfg.model.input_size)
     gc.collect()
     ctx = multiprocessing.get_context("spawn")
-    worker_args = (path, list(overrides), batch, threads, winograd, min_channels)
-    workers = [_RemoteStep(ctx, name, worker_args) for name in ("mindspore", "pytorch")]
+    worker_args = (path, list(overrides), batch, threads, winograd, min_channels, direct_max, matmul_max,
+                   direct_threads)
+    names = ("mindspore", "mindspore_direct", "pytorch") if direct_max > 0 else ("mindspore", "pytorch")
+    workers = [_RemoteStep(ctx, name, worker_args) for name in names]
     try:
         for worker in workers:
             worker.ready()
         cases = [(worker.framework, worker) for worker in workers]
         first = H.alternate(cases, reps=1, warmup=0)
+        for worker in workers:
+            worker.cpu.clear()
         times = H.alternate(cases, reps=reps, warmup=0)
     finally:
         for worker in workers:
             worker.close()
-    row = {"config": cfg.config_name, "case": "train step (Winograd)" if winograd else "train step",
+    case = "train step (Winograd)" if winograd else "train step"
+    if direct_max > 0:
+        case += (f" (+ direct kernels <= {direct_max} ch on {direct_threads or 'all'} thread(s), "
+                 f"matmul convs <= {matmul_max} ch)")
+    row = {"config": cfg.config_name, "case": case,
            "batch": batch, "reps": reps, "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
     for name, _ in cases:
         row[f"{name}_ms"] = 1e3 * H.median(times[name])
         row[f"{name}_first_ms"] = 1e3 * first[name][0]
+    for worker in workers:
+        row[f"{worker.framework}_cpu_ms"] = 1e3 * H.median(worker.cpu)
     row["times_ms"] = {name: [round(1e3 * t, 1) for t in v] for name, v in times.items()}
     _ratios(row)
     print(_line(row), flush=True)
@@ -339,7 +373,11 @@ def _line(row: dict) -> str:
             + (f", MINDIR {_fmt(row['mindspore_mindir_ms'])} ms" if "mindspore_mindir_ms" in row else "")
             + (f", MINDIR direct {_fmt(row['mindspore_mindir_direct_ms'])} ms (MINDIR direct/PT "
                f"{_fmt(row['ratio_mindir_direct'], 2)})" if "mindspore_mindir_direct_ms" in row else "")
-            + f", PyTorch {_fmt(row['pytorch_ms'])} ms")
+            + (f", with the direct kernels {_fmt(row['mindspore_direct_ms'])} ms (direct/PT "
+               f"{_fmt(row['mindspore_direct_ms'] / row['pytorch_ms'], 2)})" if "mindspore_direct_ms" in row else "")
+            + f", PyTorch {_fmt(row['pytorch_ms'])} ms"
+            + (" (CPU per step: " + ", ".join(f"{k[:-7]} {_fmt(v)} ms" for k, v in row.items() if k.endswith("_cpu_ms"))
+               + ")" if "pytorch_cpu_ms" in row else ""))
 
 
 TABLE_HEADERS = ["config", "case", "batch", "MindSpore ms", "MS BN-folded ms", "MS folded + Winograd ms",
@@ -400,10 +438,12 @@ def run_cases(args, path: str) -> list[dict]:
     if "forward" in args.cases:
         rows += forward_rows(cfg, args.batches, args.reps, not args.no_fold, not args.no_winograd,
                              args.winograd_min_channels, not args.no_mindir, args.mindir_direct, args.winograd_f23)
-    for case in ("train", "train_winograd"):
+    for case in ("train", "train_winograd", "train_direct"):
         if case in args.cases:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
-                                  winograd=case == "train_winograd", min_channels=args.winograd_min_channels))
+                                  winograd=case == "train_winograd", min_channels=args.winograd_min_channels,
+                                  direct_max=args.direct_conv_max_channels if case == "train_direct" else 0,
+                                  matmul_max=args.matmul_conv_max_channels, direct_threads=args.direct_conv_threads))
     return rows
 
 
@@ -418,6 +458,9 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
     cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd + ["--no_mindir"] * args.no_mindir
     cmd += ["--mindir_direct"] * args.mindir_direct + ["--winograd_f23"] * args.winograd_f23
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
+    cmd += ["--direct_conv_max_channels", str(args.direct_conv_max_channels),
+            "--matmul_conv_max_channels", str(args.matmul_conv_max_channels),
+            "--direct_conv_threads", str(args.direct_conv_threads)]
     cmd += ["--set", *args.overrides] if args.overrides else []
     env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)

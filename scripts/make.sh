@@ -2,7 +2,8 @@
 # Build the compiled parts in place:
 #   nms/_soft_nms*.so               the Cython soft-NMS
 #   m2det/kernels/_winograd_f23.so  the Winograd F(2x2) and F(4x4) transforms (winograd_f23.c + winograd_f43.c; m2det/winograd.py; MindSpore aot custom ops; $CC, default gcc)
-# both by `python setup.py build_ext --inplace` (`pip install .` builds the same into the installed package).
+#   m2det/kernels/_direct_conv3x3.so  direct 3x3 convolutions for narrow layers (m2det/direct_conv.py; the same kind)
+# all by `python setup.py build_ext --inplace` (`pip install .` builds the same into the installed package).
 #
 # Python used: $PYTHON if set, else `python` on PATH if it has Cython and NumPy, else the
 # repository's .venv/bin/python (so `bash scripts/make.sh` works without activating it).
@@ -19,5 +20,5 @@ else
     echo "make.sh: no python with Cython and NumPy found (set PYTHON=...)" >&2
     exit 1
 fi
-echo "make.sh: building nms._soft_nms and m2det/kernels/_winograd_f23.so with $("$py" -c 'import sys; print(sys.executable)')"
+echo "make.sh: building nms._soft_nms and the m2det/kernels libraries with $("$py" -c 'import sys; print(sys.executable)')"
 "$py" setup.py build_ext --inplace

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
-from m2det import winograd
+from m2det import direct_conv, matmul_conv, winograd
 from src.builder import (build_detector, build_postprocessor, build_priors, class_dependent_names, eval_data_settings,
                          train_data_settings)
 from src.data.pipeline import create_train_dataset
@@ -136,6 +136,38 @@ def _use_winograd_for_training(detector, device_target: str, amp_level: str, min
     log.info("train.winograd: %d convolutions use Winograd F(2x2, 3x3)", len(replaced))
 
 
+def _use_direct_conv_for_training(detector, device_target: str, amp_level: str, max_channels: int,
+                                  threads: int = 0) -> None:
+    """train.direct_conv_max_channels: eligible 3x3 convolutions with at most `max_channels` input
+    and output channels by the direct kernels (m2det/direct_conv.py), CPU and float32 only; they
+    share the convolutions' Parameters, so checkpoints are unchanged."""
+    if max_channels <= 0:
+        return
+    if device_target != "CPU" or amp_level != "O0":
+        log.info("train.direct_conv_max_channels applies to float32 training on CPU only; using MindSpore's "
+                 "convolutions on %s (%s)", device_target, amp_level)
+        return
+    if not direct_conv.usable(device_target, "train.direct_conv_max_channels"):
+        return
+    replaced = direct_conv.use_direct_conv(detector, max_channels)
+    used = direct_conv.set_threads(threads)
+    log.info("train.direct_conv_max_channels: %d convolutions use the direct kernels (%d thread(s) per call)",
+             len(replaced), used)
+
+
+def _use_matmul_conv_for_training(detector, amp_level: str, max_channels: int) -> None:
+    """train.matmul_conv_max_channels: unpadded 1x1 (and kernel-sized) convolutions with at most
+    `max_channels` input and output channels as MatMuls (m2det/matmul_conv.py), float32 only;
+    they share the convolutions' Parameters."""
+    if max_channels <= 0:
+        return
+    if amp_level != "O0":
+        log.info("train.matmul_conv_max_channels applies to float32 training only; unchanged under %s", amp_level)
+        return
+    replaced = matmul_conv.use_matmul_conv(detector, max_channels)
+    log.info("train.matmul_conv_max_channels: %d convolutions are MatMuls", len(replaced))
+
+
 @dataclass
 class TrainingRun:
     """Everything a run is made of, built once from the config (`build_run`)."""
@@ -242,6 +274,9 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
         apply_o2(detector)
     if tcfg.winograd:
         _use_winograd_for_training(detector, opts.device_target, amp_level, tcfg.winograd_min_channels)
+    _use_direct_conv_for_training(detector, opts.device_target, amp_level, int(tcfg.direct_conv_max_channels),
+                                  int(tcfg.direct_conv_threads))
+    _use_matmul_conv_for_training(detector, amp_level, int(tcfg.matmul_conv_max_channels))
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
