@@ -17,15 +17,13 @@ Parameters, so training, checkpoints and names are unchanged. Used by the traine
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from m2det.cells import replace_child, walk
-
-log = logging.getLogger("m2det.direct_conv")
+from m2det.custom_ops import aot_operator, library_usable
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_direct_conv3x3.so")
 
@@ -38,12 +36,7 @@ def available() -> bool:
 def usable(device_target: str, setting: str) -> bool:
     """Whether the cells can run here: on CPU, with the compiled kernels. A missing library is
     logged as a warning naming `setting`, the option that asked for them."""
-    if device_target != "CPU":
-        return False
-    if not available():
-        log.warning("%s: %s is not built (bash scripts/make.sh); using MindSpore's convolutions", setting, LIBRARY)
-        return False
-    return True
+    return library_usable(LIBRARY, device_target, setting, "MindSpore's convolutions")
 
 
 def set_threads(threads: int) -> int:
@@ -58,8 +51,7 @@ def set_threads(threads: int) -> int:
 
 
 def _custom(name: str, out_shape, bprop=None):
-    return ops.Custom(f"{LIBRARY}:{name}", out_shape=out_shape, out_dtype=lambda *dtypes: dtypes[0],
-                      func_type="aot", bprop=bprop)
+    return aot_operator(LIBRARY, name, out_shape, bprop)
 
 
 def _convolution():

@@ -25,7 +25,6 @@ Without the compiled library `available()` is False and `use_winograd` raises a 
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import mindspore as ms
@@ -33,9 +32,8 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 from m2det.cells import refresh_parameter_names, replace_child, walk
+from m2det.custom_ops import aot_operator, library_usable
 from m2det.input_sizes import cell_input_sizes
-
-log = logging.getLogger("m2det.winograd")
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_winograd_f23.so")
 
@@ -65,12 +63,7 @@ def available() -> bool:
 def usable(device_target: str, setting: str) -> bool:
     """Whether Winograd cells can run here: on CPU, with the compiled transforms. A missing
     library is logged as a warning naming `setting`, the option that asked for them."""
-    if device_target != "CPU":
-        return False
-    if not available():
-        log.warning("%s: %s is not built (bash scripts/make.sh); using direct convolutions", setting, LIBRARY)
-        return False
-    return True
+    return library_usable(LIBRARY, device_target, setting, "direct convolutions")
 
 
 def transform_weight(weight: np.ndarray, tile: int = 2) -> np.ndarray:
@@ -91,8 +84,7 @@ def _tiles(shape, tile: int = 2) -> int:
 
 
 def _custom(name: str, out_shape, bprop=None):
-    return ops.Custom(f"{LIBRARY}:{name}", out_shape=out_shape, out_dtype=lambda *dtypes: dtypes[0],
-                      func_type="aot", bprop=bprop)
+    return aot_operator(LIBRARY, name, out_shape, bprop)
 
 
 def _f43_transforms():

@@ -151,7 +151,7 @@ def test_trainer_setting_swaps_on_cpu_only(caplog):
 def test_missing_library_keeps_mindspore_convolutions(monkeypatch, caplog):
     monkeypatch.setattr(direct_conv, "LIBRARY", "/nonexistent/_direct_conv3x3.so")
     detector = _tiny_detector()
-    with caplog.at_level(logging.WARNING, logger="m2det.direct_conv"):
+    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
         trainer._use_direct_conv_for_training(detector, "CPU", "O0", 64)
     assert not any(isinstance(c, direct_conv.DirectConv3x3) for _, c in detector.cells_and_names())
     assert "train.direct_conv_max_channels" in caplog.text and "scripts/make.sh" in caplog.text

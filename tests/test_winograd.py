@@ -307,6 +307,6 @@ def test_usable_only_on_cpu_with_the_library(monkeypatch, caplog):
     assert winograd.usable("CPU", "test.winograd")
     assert not winograd.usable("GPU", "test.winograd")
     monkeypatch.setattr(winograd, "LIBRARY", "/nonexistent/_winograd_f23.so")
-    with caplog.at_level(logging.WARNING, logger="m2det.winograd"):
+    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
         assert not winograd.usable("CPU", "train.winograd")
     assert "train.winograd" in caplog.text and "/nonexistent/_winograd_f23.so" in caplog.text
