@@ -27,3 +27,14 @@ def walk(cell: nn.Cell):
         out.append((cell, name, child))
         out += walk(child)
     return out
+
+
+def is_3x3_same_convolution(conv: nn.Cell) -> bool:
+    """Whether `conv` is an NCHW nn.Conv2d with a 3x3 kernel, stride 1, dilation 1, one group and
+    padding 1 on every side: the shape the Winograd and the direct-convolution cells compute."""
+    if not isinstance(conv, nn.Conv2d) or conv.data_format != "NCHW":
+        return False
+    padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
+    padded_by_one = (conv.pad_mode == "pad" and set(padding) == {1}) or conv.pad_mode == "same"
+    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.dilation) == (1, 1) and conv.group == 1 and padded_by_one)

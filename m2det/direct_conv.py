@@ -22,7 +22,7 @@ import os
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
-from m2det.cells import replace_child, walk
+from m2det.cells import is_3x3_same_convolution, replace_child, walk
 from m2det.custom_ops import aot_operator, library_usable
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_direct_conv3x3.so")
@@ -94,13 +94,7 @@ class DirectConv3x3(nn.Cell):
 def eligible(conv: nn.Cell, max_channels: int) -> bool:
     """Whether `conv` is a 3x3 / stride 1 / dilation 1 / one-group / padding-1 NCHW convolution
     with at most `max_channels` input and at most `max_channels` output channels."""
-    if not isinstance(conv, nn.Conv2d) or conv.data_format != "NCHW":
-        return False
-    padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
-    padded_by_one = (conv.pad_mode == "pad" and set(padding) == {1}) or conv.pad_mode == "same"
-    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
-            and tuple(conv.dilation) == (1, 1) and conv.group == 1 and padded_by_one
-            and max(conv.in_channels, conv.out_channels) <= max_channels)
+    return is_3x3_same_convolution(conv) and max(conv.in_channels, conv.out_channels) <= max_channels
 
 
 def use_direct_conv(network: nn.Cell, max_channels: int) -> list[str]:

@@ -31,7 +31,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
-from m2det.cells import refresh_parameter_names, replace_child, walk
+from m2det.cells import is_3x3_same_convolution, refresh_parameter_names, replace_child, walk
 from m2det.custom_ops import aot_operator, library_usable
 from m2det.input_sizes import cell_input_sizes
 
@@ -170,13 +170,7 @@ class WinogradConv2d(nn.Cell):
 def eligible(conv: nn.Conv2d, min_channels: int = 128) -> bool:
     """Whether `conv` is a 3x3 / stride 1 / dilation 1 / one-group / padding-1 convolution of at
     least `min_channels` input and output channels."""
-    if not isinstance(conv, nn.Conv2d) or conv.data_format != "NCHW":
-        return False
-    padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
-    padded_by_one = (conv.pad_mode == "pad" and set(padding) == {1}) or conv.pad_mode == "same"
-    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
-            and tuple(conv.dilation) == (1, 1) and conv.group == 1 and padded_by_one
-            and conv.in_channels >= min_channels and conv.out_channels >= min_channels)
+    return is_3x3_same_convolution(conv) and conv.in_channels >= min_channels and conv.out_channels >= min_channels
 
 
 def tile_for(height: int, width: int) -> int | None:
