@@ -270,3 +270,22 @@ def test_results_do_not_depend_on_the_kernel_threads():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_default_is_one_thread_per_core_even_under_omp_num_threads_1():
+    # `import mindspore` sets OMP_NUM_THREADS=1 in the process environment, so every process
+    # started from one that imported it (multiprocessing workers, test subprocesses, launchers)
+    # has it; OpenMP's own default there is one thread, which made the kernels single-threaded
+    import subprocess
+    import sys
+
+    code = ("import ctypes, os, sys; lib = ctypes.CDLL(sys.argv[1]); "
+            "print(lib.DirectConv3x3SetThreads(0), len(os.sched_getaffinity(0)))")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code, direct_conv.LIBRARY], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert int(out[0]) == int(out[1])
+    inherited = subprocess.run([sys.executable, "-c", "import mindspore, os; os.system('echo $OMP_NUM_THREADS')"],
+                               env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+                               capture_output=True, text=True, check=True).stdout.split()
+    assert inherited[-1:] == ["1"]        # why the default matters (MindSpore 2.8)

@@ -55,12 +55,15 @@ typedef float vfu __attribute__((vector_size(VL * sizeof(float)), aligned(4))); 
 
 static int is_float32(const char *dtype) { return strcmp(dtype, "float32") == 0; }
 
-/* OpenMP threads per call; 0 (the default): OpenMP's own choice, one per core. Inside a MindSpore
- * graph these operators run on MindSpore's runtime threads next to other operators: on a quiet
- * machine two threads per call were faster, while another process kept the cores busy one was
- * (docs/BENCHMARKS.md, "Narrow-layer training speed"). */
+/* OpenMP threads per call; 0 (the default): one per core the process may use. Not OpenMP's own
+ * default: `import mindspore` sets OMP_NUM_THREADS=1 in the process environment (for oneDNN
+ * inside its own thread pool), so in every process started from one that imported MindSpore
+ * (multiprocessing workers, subprocesses of tests and launchers) OpenMP's default is one thread.
+ * Inside a MindSpore graph these operators run on MindSpore's runtime threads next to other
+ * operators: on a quiet machine two threads per call were faster, while another process kept the
+ * cores busy one was (docs/BENCHMARKS.md, "Narrow-layer training speed"). */
 static int kernel_threads = 0;
-#define THREADS (kernel_threads > 0 ? kernel_threads : omp_get_max_threads())
+#define THREADS (kernel_threads > 0 ? kernel_threads : omp_get_num_procs())
 
 int DirectConv3x3SetThreads(int n) {
     kernel_threads = n > 0 ? n : 0;

@@ -27,9 +27,12 @@
  * index xi = 4 * row + column of the 4x4 tile. The two *Grad functions are the adjoints (the
  * transposed linear maps) of the first two, used as their backward passes.
  *
- * Every function is parallel over independent (image, channel) planes with OpenMP and
- * returns 0, or a non-zero code for an unsupported call (wrong rank or dtype).
+ * Every function is parallel over independent (image, channel) planes with OpenMP, one thread
+ * per core (not OpenMP's default, which `import mindspore` sets to one thread in every process
+ * started from it: m2det/kernels/direct_conv3x3.c), and returns 0, or a non-zero code for an
+ * unsupported call (wrong rank or dtype).
  */
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +69,7 @@ int WinogradInput(AOT_ARGS) {
     const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
     const int64_t th = (h + 1) / 2, tw = (w + 1) / 2, p = th * tw, np_ = n * p;
     const int64_t wp = 2 * tw + 2;                   /* padded row: one zero left, >= one right */
-#pragma omp parallel
+#pragma omp parallel num_threads(omp_get_num_procs())
     {
         float *rows = (float *)calloc((size_t)(4 * wp), sizeof(float));
 #pragma omp for collapse(2) schedule(static)
@@ -104,7 +107,7 @@ int WinogradOutput(AOT_ARGS) {
     const int64_t k = shapes[0][1], n = shapes[2][0], h = shapes[2][2], w = shapes[2][3];
     const int64_t th = (h + 1) / 2, tw = (w + 1) / 2, p = th * tw, np_ = n * p;
     if (shapes[0][0] != 16 || shapes[0][2] != np_ || shapes[1][0] != k) return 2;
-#pragma omp parallel
+#pragma omp parallel num_threads(omp_get_num_procs())
     {
         float *rows = (float *)malloc((size_t)(2 * 2 * tw) * sizeof(float));
 #pragma omp for collapse(2) schedule(static)
@@ -146,7 +149,7 @@ int WinogradInputGrad(AOT_ARGS) {
     const int64_t th = (h + 1) / 2, tw = (w + 1) / 2, p = th * tw, np_ = n * p;
     const int64_t wp = 2 * tw + 2, hp = 2 * th + 2;
     if (shapes[0][0] != 16 || shapes[0][1] != c || shapes[0][2] != np_) return 2;
-#pragma omp parallel
+#pragma omp parallel num_threads(omp_get_num_procs())
     {
         float *acc = (float *)malloc((size_t)(hp * wp) * sizeof(float));   /* padded plane */
 #pragma omp for collapse(2) schedule(static)
@@ -193,7 +196,7 @@ int WinogradOutputGrad(AOT_ARGS) {
     const int64_t n = shapes[0][0], k = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
     const int64_t th = (h + 1) / 2, tw = (w + 1) / 2, p = th * tw, np_ = n * p;
     const int64_t wp = 2 * tw;
-#pragma omp parallel
+#pragma omp parallel num_threads(omp_get_num_procs())
     {
         float *rows = (float *)calloc((size_t)(2 * wp), sizeof(float));
 #pragma omp for collapse(2) schedule(static)

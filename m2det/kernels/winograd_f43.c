@@ -32,6 +32,7 @@
  * 36 planes of v / m (vectorizable); parallel over (image, channel) planes with OpenMP.
  * Return 0, or non-zero for an unsupported call (wrong rank, dtype or shape).
  */
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,7 +82,7 @@ int WinogradF43Input(AOT_ARGS) {
     const int64_t th = (h + 3) / 4, tw = (w + 3) / 4, p = th * tw, np_ = n * p;
     const int64_t wp = 4 * tw + 2;                   /* padded row: one zero left, >= one right */
     if (shapes[1][0] != 36 || shapes[1][1] != c || shapes[1][2] != np_) return 2;
-#pragma omp parallel
+#pragma omp parallel num_threads(omp_get_num_procs())
     {
         /* the padded input rows 4ty-1 .. 4ty+4 (zero outside the image), then their B^T columns */
         float *buf = (float *)calloc((size_t)(12 * wp), sizeof(float));
@@ -119,7 +120,7 @@ int WinogradF43Output(AOT_ARGS) {
     const int64_t th = (h + 3) / 4, tw = (w + 3) / 4, p = th * tw, np_ = n * p;
     const int64_t stride = k * np_;
     if (shapes[0][0] != 36 || shapes[0][2] != np_ || shapes[1][0] != k) return 2;
-#pragma omp parallel
+#pragma omp parallel num_threads(omp_get_num_procs())
     {
         /* q[r][b][tx] = sum_i A^T[r][i] m[6i + b][tx] (24 rows of tw), then 4 output rows of 4 tw */
         float *q = (float *)malloc((size_t)(24 * tw) * sizeof(float));
