@@ -81,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument("--cases", nargs="+", choices=["forward", "train", "train_winograd", "train_direct"],
                         default=["forward", "train", "train_winograd"])
     parser.add_argument("--reps", type=int, help="timed repetitions per case (full: 3, short: 1)")
+    parser.add_argument("--train_block", type=int, default=1,
+                        help="train steps each worker runs back to back per turn (1: one step per turn); "
+                             "each step is timed on its own and --reps turns are taken per worker")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework")
     parser.add_argument("--omp_wait_policy", choices=["passive", "active", "keep"], default="passive",
                         help="PyTorch's OpenMP barrier policy (see above); keep = leave the environment alone")
@@ -235,21 +238,30 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
         run_step = lambda: step(*inputs).numpy()  # noqa: E731
     gc.collect()
     conn.send("ready")
-    while conn.recv() == "step":
-        start, cpu = time.perf_counter(), time.process_time()
-        run_step()
-        conn.send((time.perf_counter() - start, time.process_time() - cpu))
+    while True:
+        request = conn.recv()
+        if request == "stop":
+            break
+        steps = []
+        for _ in range(request):         # the number of back-to-back steps of this turn
+            start, cpu = time.perf_counter(), time.process_time()
+            run_step()
+            steps.append((time.perf_counter() - start, time.process_time() - cpu))
+        conn.send(steps)
 
 
 class _RemoteStep:
-    """A train-step worker process seen as a callable that runs one step and waits for it."""
+    """A train-step worker process seen as a callable that runs `block` steps back to back and
+    waits for them; the worker times each step (wall and process CPU)."""
 
-    def __init__(self, ctx, framework: str, args: tuple):
+    def __init__(self, ctx, framework: str, args: tuple, block: int = 1):
         self.framework = framework
+        self.block = block
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_train_step_worker, args=(child, framework, *args), daemon=True)
         self.process.start()
         child.close()
+        self.wall: list = []        # the worker's wall time of every step
         self.cpu: list = []         # the worker's process CPU time of every step
 
     def _receive(self):
@@ -263,11 +275,15 @@ class _RemoteStep:
     def ready(self) -> None:
         self._receive()
 
-    def __call__(self) -> float:
-        self.conn.send("step")
-        wall, cpu = self._receive()
-        self.cpu.append(cpu)
-        return wall
+    def __call__(self) -> None:
+        self.conn.send(self.block)
+        for wall, cpu in self._receive():
+            self.wall.append(wall)
+            self.cpu.append(cpu)
+
+    def clear(self) -> None:
+        self.wall.clear()
+        self.cpu.clear()
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -276,13 +292,17 @@ class _RemoteStep:
 
 
 def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: int, winograd: bool = False,
-              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0, direct_threads: int = 0) -> dict:
-    """Train steps alternating between two worker processes, one per framework.
+              min_channels: int = 128, direct_max: int = 0, matmul_max: int = 0, direct_threads: int = 0,
+              block: int = 1) -> dict:
+    """Train steps alternating between worker processes, one per framework (or variant).
 
     Unlike the forward cases, the steps do not share a process: MindSpore's training graph holds
     ~17 GB at 320 (peak RSS, docs/BENCHMARKS.md), and next to it PyTorch's step took 8.4-12.8 s
     against 5.9-7.6 s in a process of its own. The parent still alternates them (one step at a
     time, the order rotated every repetition), so both see the machine in the same minutes.
+    `block` > 1: each turn is that many back-to-back steps, as in training, where a step follows
+    a step of the same process rather than another process's (docs/BENCHMARKS.md, "Narrow-layer
+    training speed": our OpenMP kernels lose their gain in the one-step turns).
     """
     import multiprocessing
 
@@ -296,15 +316,17 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
     worker_args = (path, list(overrides), batch, threads, winograd, min_channels, direct_max, matmul_max,
                    direct_threads)
     names = ("mindspore", "mindspore_direct", "pytorch") if direct_max > 0 else ("mindspore", "pytorch")
-    workers = [_RemoteStep(ctx, name, worker_args) for name in names]
+    workers = [_RemoteStep(ctx, name, worker_args, block) for name in names]
     try:
         for worker in workers:
             worker.ready()
         cases = [(worker.framework, worker) for worker in workers]
-        first = H.alternate(cases, reps=1, warmup=0)
+        H.alternate(cases, reps=1, warmup=0)
+        first = {worker.framework: list(worker.wall) for worker in workers}
         for worker in workers:
-            worker.cpu.clear()
-        times = H.alternate(cases, reps=reps, warmup=0)
+            worker.clear()
+        H.alternate(cases, reps=reps, warmup=0)
+        times = {worker.framework: list(worker.wall) for worker in workers}
     finally:
         for worker in workers:
             worker.close()
@@ -312,8 +334,10 @@ def train_row(cfg, path: str, overrides: list, batch: int, reps: int, threads: i
     if direct_max > 0:
         case += (f" (+ direct kernels <= {direct_max} ch on {direct_threads or 'all'} thread(s), "
                  f"matmul convs <= {matmul_max} ch)")
-    row = {"config": cfg.config_name, "case": case,
-           "batch": batch, "reps": reps, "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
+    if block > 1:
+        case += f" ({block} steps per turn)"
+    row = {"config": cfg.config_name, "case": case, "batch": batch, "reps": reps, "steps_per_turn": block,
+           "gflop": 3 * flops * batch / 1e9, "processes": "one per framework"}
     for name, _ in cases:
         row[f"{name}_ms"] = 1e3 * H.median(times[name])
         row[f"{name}_first_ms"] = 1e3 * first[name][0]
@@ -443,7 +467,8 @@ def run_cases(args, path: str) -> list[dict]:
             rows.append(train_row(cfg, path, overrides, args.train_batch, args.reps, args.threads,
                                   winograd=case == "train_winograd", min_channels=args.winograd_min_channels,
                                   direct_max=args.direct_conv_max_channels if case == "train_direct" else 0,
-                                  matmul_max=args.matmul_conv_max_channels, direct_threads=args.direct_conv_threads))
+                                  matmul_max=args.matmul_conv_max_channels, direct_threads=args.direct_conv_threads,
+                                  block=args.train_block))
     return rows
 
 
@@ -454,7 +479,8 @@ def spawn_cases(args, path: str, case: str, ceilings: list[float]) -> list[dict]
 
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--configs", path, "--cases", case,
            "--batches", *[str(b) for b in args.batches], "--train_batch", str(args.train_batch),
-           "--reps", str(args.reps), "--threads", str(args.threads), "--omp_wait_policy", args.omp_wait_policy]
+           "--reps", str(args.reps), "--train_block", str(args.train_block), "--threads", str(args.threads),
+           "--omp_wait_policy", args.omp_wait_policy]
     cmd += ["--no_fold"] * args.no_fold + ["--no_winograd"] * args.no_winograd + ["--no_mindir"] * args.no_mindir
     cmd += ["--mindir_direct"] * args.mindir_direct + ["--winograd_f23"] * args.winograd_f23
     cmd += ["--winograd_min_channels", str(args.winograd_min_channels)]
