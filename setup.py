@@ -6,8 +6,10 @@
                                    MindSpore loads as "aot" custom operators
     m2det/kernels/_direct_conv3x3.so  direct 3x3 convolutions and their gradients for narrow layers
                                    (m2det/kernels/direct_conv3x3.c), the same kind of library
+    m2det/kernels/_group_norm_relu.so  GroupNorm + ReLU and its gradient for training
+                                   (m2det/kernels/group_norm_relu.c), the same kind of library
 
-`pip install .` puts both into the installed packages, `pip install -e .` and
+`pip install .` puts them into the installed packages, `pip install -e .` and
 `bash scripts/make.sh` (= `python setup.py build_ext --inplace`) next to their sources,
 where nms/__init__.py and m2det/winograd.py look for them.
 """
@@ -43,9 +45,14 @@ DIRECT_CONV_SOURCE = os.path.join("m2det", "kernels", "direct_conv3x3.c")
 DIRECT_CONV_LIBRARY = os.path.join("m2det", "kernels", "_direct_conv3x3.so")
 DIRECT_CONV_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
 
+# GroupNorm + ReLU: built as the direct convolutions; sqrt as the CPU instruction (its argument is > 0), no libm
+GROUP_NORM_SOURCE = os.path.join("m2det", "kernels", "group_norm_relu.c")
+GROUP_NORM_LIBRARY = os.path.join("m2det", "kernels", "_group_norm_relu.so")
+GROUP_NORM_FLAGS = DIRECT_CONV_FLAGS + ["-fno-math-errno"]
+
 
 class BuildExtensionsAndKernels(build_ext):
-    """build_ext, then the two kernel libraries into the same tree as the extension modules."""
+    """build_ext, then the kernel libraries into the same tree as the extension modules."""
 
     def run(self):
         super().run()
@@ -59,6 +66,8 @@ class BuildExtensionsAndKernels(build_ext):
                           WINOGRAD_FLAGS, target)
             self._compile("the direct convolution kernels", [os.path.join(here, DIRECT_CONV_SOURCE)],
                           DIRECT_CONV_FLAGS, target.replace(WINOGRAD_LIBRARY, DIRECT_CONV_LIBRARY))
+            self._compile("the GroupNorm + ReLU kernels", [os.path.join(here, GROUP_NORM_SOURCE)],
+                          GROUP_NORM_FLAGS, target.replace(WINOGRAD_LIBRARY, GROUP_NORM_LIBRARY))
 
     @staticmethod
     def _compile(what: str, sources: list, flags: list, target: str) -> None:
@@ -74,6 +83,7 @@ class BuildExtensionsAndKernels(build_ext):
         if not self.inplace:
             outputs.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
             outputs.append(os.path.join(self.build_lib, DIRECT_CONV_LIBRARY))
+            outputs.append(os.path.join(self.build_lib, GROUP_NORM_LIBRARY))
         return outputs
 
 

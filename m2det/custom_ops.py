@@ -16,11 +16,16 @@ import mindspore.ops as ops
 log = logging.getLogger("m2det.custom_ops")
 
 
-def aot_operator(library: str, name: str, out_shape: Callable, bprop: Optional[Callable] = None) -> ops.Custom:
-    """The function `name` of `library` as an operator whose output has the first input's dtype;
+def aot_operator(library: str, name: str, out_shape: Callable, bprop: Optional[Callable] = None,
+                 outputs: int = 1) -> ops.Custom:
+    """The function `name` of `library` as an operator whose `outputs` outputs have the first
+    input's dtype (`out_shape` returns one shape, or a tuple of `outputs` shapes);
     `bprop(*inputs, out, dout)` gives its gradients when it is trained through."""
-    return ops.Custom(f"{library}:{name}", out_shape=out_shape, out_dtype=lambda *dtypes: dtypes[0],
-                      func_type="aot", bprop=bprop)
+    if outputs == 1:
+        out_dtype = lambda *dtypes: dtypes[0]            # noqa: E731
+    else:
+        out_dtype = lambda *dtypes: (dtypes[0],) * outputs  # noqa: E731
+    return ops.Custom(f"{library}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot", bprop=bprop)
 
 
 def library_usable(library: str, device_target: str, setting: str, fallback: str) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
-from m2det import direct_conv, matmul_conv, winograd
+from m2det import direct_conv, group_norm_relu, matmul_conv, winograd
 from src.builder import (build_detector, build_postprocessor, build_priors, class_dependent_names, eval_data_settings,
                          train_data_settings)
 from src.data.pipeline import create_train_dataset
@@ -168,6 +168,22 @@ def _use_matmul_conv_for_training(detector, amp_level: str, max_channels: int) -
     log.info("train.matmul_conv_max_channels: %d convolutions are MatMuls", len(replaced))
 
 
+def _use_group_norm_relu_for_training(detector, device_target: str, amp_level: str, enabled: bool) -> None:
+    """train.group_norm_relu_kernel: every GroupNorm + ReLU of a BasicConv (the TUMs with
+    `tum_norm: gn`) by one kernel (m2det/group_norm_relu.py), CPU and float32 only; it shares
+    gamma and beta, so checkpoints are unchanged."""
+    if not enabled:
+        return
+    if device_target != "CPU" or amp_level != "O0":
+        log.info("train.group_norm_relu_kernel applies to float32 training on CPU only; using MindSpore's GroupNorm "
+                 "on %s (%s)", device_target, amp_level)
+        return
+    if not group_norm_relu.usable(device_target, "train.group_norm_relu_kernel"):
+        return
+    rewritten = group_norm_relu.use_group_norm_relu(detector)
+    log.info("train.group_norm_relu_kernel: %d GroupNorm + ReLU pairs use the kernel", len(rewritten))
+
+
 @dataclass
 class TrainingRun:
     """Everything a run is made of, built once from the config (`build_run`)."""
@@ -277,6 +293,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
     _use_direct_conv_for_training(detector, opts.device_target, amp_level, int(tcfg.direct_conv_max_channels),
                                   int(tcfg.direct_conv_threads))
     _use_matmul_conv_for_training(detector, amp_level, int(tcfg.matmul_conv_max_channels))
+    _use_group_norm_relu_for_training(detector, opts.device_target, amp_level, bool(tcfg.group_norm_relu_kernel))
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
