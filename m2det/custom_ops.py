@@ -28,6 +28,12 @@ def aot_operator(library: str, name: str, out_shape: Callable, bprop: Optional[C
     return ops.Custom(f"{library}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot", bprop=bprop)
 
 
+def require_library(library: str, what: str) -> None:
+    """Raise RuntimeError if `library` (the compiled `what`) is not built, saying how to build it."""
+    if not os.path.isfile(library):
+        raise RuntimeError(f"{what} not built: {library} is missing (run `bash scripts/make.sh`)")
+
+
 def library_usable(library: str, device_target: str, setting: str, fallback: str) -> bool:
     """Whether operators of `library` can run here: on CPU, with the library built. A missing
     library is logged as a warning naming `setting`, the option that asked for it, and

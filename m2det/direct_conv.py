@@ -23,7 +23,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from m2det.cells import is_3x3_same_convolution, replace_child, walk
-from m2det.custom_ops import aot_operator, library_usable
+from m2det.custom_ops import aot_operator, library_usable, require_library
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_direct_conv3x3.so")
 
@@ -45,8 +45,7 @@ def set_threads(threads: int) -> int:
     custom operators load, so this reaches them (train.direct_conv_threads; docs/BENCHMARKS.md,
     "Narrow-layer training speed": one thread was faster while other processes kept the cores
     busy, two on a quiet machine)."""
-    if not available():
-        raise RuntimeError(f"direct convolution kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+    require_library(LIBRARY, "direct convolution kernels")
     return int(ctypes.CDLL(LIBRARY).DirectConv3x3SetThreads(int(threads)))
 
 
@@ -70,8 +69,7 @@ class DirectConv3x3(nn.Cell):
 
     def __init__(self, weight: ms.Parameter, bias: ms.Parameter | None = None):
         super().__init__()
-        if not available():
-            raise RuntimeError(f"direct convolution kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+        require_library(LIBRARY, "direct convolution kernels")
         if not isinstance(weight, ms.Parameter) or len(weight.shape) != 4 or tuple(weight.shape[2:]) != (3, 3):
             raise ValueError(f"DirectConv3x3 needs the (K, C, 3, 3) weight Parameter of a convolution, got "
                              f"{type(weight).__name__} {tuple(getattr(weight, 'shape', ()))}")
@@ -100,8 +98,7 @@ def eligible(conv: nn.Cell, max_channels: int) -> bool:
 def use_direct_conv(network: nn.Cell, max_channels: int) -> list[str]:
     """Replace every eligible convolution of `network` in place, sharing its Parameters;
     returns their paths."""
-    if not available():
-        raise RuntimeError(f"direct convolution kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+    require_library(LIBRARY, "direct convolution kernels")
     paths = {id(c): n for n, c in network.cells_and_names()}
     replaced = []
     for parent, name, child in walk(network):

@@ -23,7 +23,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from m2det.cells import replace_child, walk
-from m2det.custom_ops import aot_operator, library_usable
+from m2det.custom_ops import aot_operator, library_usable, require_library
 from m2det.layers import BasicConv
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_group_norm_relu.so")
@@ -38,11 +38,6 @@ def usable(device_target: str, setting: str) -> bool:
     """Whether the cells can run here: on CPU, with the compiled kernels. A missing library is
     logged as a warning naming `setting`, the option that asked for them."""
     return library_usable(LIBRARY, device_target, setting, "MindSpore's GroupNorm and ReLU")
-
-
-def _require_library() -> None:
-    if not available():
-        raise RuntimeError(f"GroupNorm + ReLU kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
 
 
 def _operator(groups: int):
@@ -64,7 +59,7 @@ class GroupNormReLU(nn.Cell):
 
     def __init__(self, gamma: ms.Parameter, beta: ms.Parameter, groups: int, eps: float):
         super().__init__()
-        _require_library()
+        require_library(LIBRARY, "GroupNorm + ReLU kernels")
         channels = int(gamma.shape[0])
         if groups <= 0 or channels % groups:
             raise ValueError(f"GroupNormReLU: {channels} channels do not split into {groups} groups")
@@ -86,7 +81,7 @@ def eligible(cell: nn.Cell) -> bool:
 def use_group_norm_relu(network: nn.Cell) -> list[str]:
     """Rewrite every eligible BasicConv of `network` in place (its GroupNorm by this cell, sharing
     gamma and beta, its ReLU by an identity); returns their paths."""
-    _require_library()
+    require_library(LIBRARY, "GroupNorm + ReLU kernels")
     paths = {id(c): n for n, c in network.cells_and_names()}
     rewritten = []
     for _, _, cell in walk(network):

@@ -32,7 +32,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 from m2det.cells import is_3x3_same_convolution, refresh_parameter_names, replace_child, walk
-from m2det.custom_ops import aot_operator, library_usable
+from m2det.custom_ops import aot_operator, library_usable, require_library
 from m2det.input_sizes import cell_input_sizes
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "_winograd_f23.so")
@@ -124,8 +124,7 @@ class WinogradConv2d(nn.Cell):
 
     def __init__(self, weight, bias=None, trainable: bool = False, tile: int = 2):
         super().__init__()
-        if not available():
-            raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+        require_library(LIBRARY, "Winograd kernels")
         shape = tuple(weight.shape)
         if len(shape) != 4 or shape[2:] != (3, 3):
             raise ValueError(f"WinogradConv2d needs (K, C, 3, 3) weights, got {shape}")
@@ -198,8 +197,7 @@ def use_winograd(network: nn.Cell, min_channels: int = 128, trainable: bool = Fa
     F43_MIN_CHANNELS channels are taken for F(4x4) only. Any choice computes the same
     convolution: the sizes only decide speed.
     """
-    if not available():
-        raise RuntimeError(f"Winograd kernels not built: {LIBRARY} is missing (run `bash scripts/make.sh`)")
+    require_library(LIBRARY, "Winograd kernels")
     if tile not in TILES:
         raise ValueError(f"Winograd tile must be one of {TILES} (F(2x2, 3x3) or F(4x4, 3x3)), got {tile}")
     if trainable and tile != 2:
