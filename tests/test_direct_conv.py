@@ -16,6 +16,7 @@ import pytest
 from m2det import direct_conv, matmul_conv
 from src.config import load_config
 from src.training import trainer
+from tests.reference.kernel_checks import WeightedSum, batch_norm_on_moving_statistics, loss_and_gradients, rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -54,18 +55,6 @@ def reference(x, w, b, r, pad=1):
     return y, dxp[:, :, pad:pad + h, pad:pad + wd], dw, r.sum(axis=(0, 2, 3))
 
 
-class _WeightedSum(nn.Cell):
-    def __init__(self, net, r):
-        super().__init__()
-        self.net, self.r = net, r
-
-    def construct(self, x):
-        return (self.net(x) * self.r).sum()
-
-
-def rel_error(a, b):
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
 
 # odd sizes, C != K, batches > 1; 1 x 1 maps; K not a multiple of the kernels' 4-channel blocks;
 # a case with many 2048-position chunks of the filter gradient (uneven across the threads)
@@ -83,7 +72,7 @@ def test_outputs_and_gradients(n, c, k, h, w, bias):
     results = []
     for net in (conv, fast):
         y = net(ms.Tensor(x)).asnumpy()
-        _, (dx, dparams) = ms.value_and_grad(_WeightedSum(net, ms.Tensor(r)), grad_position=0, weights=params)(
+        _, (dx, dparams) = ms.value_and_grad(WeightedSum(net, ms.Tensor(r)), grad_position=0, weights=params)(
             ms.Tensor(x))
         results.append([y, dx.asnumpy()] + [g.asnumpy() for g in dparams])
     expected = reference(x, weight, b, r)
@@ -177,7 +166,7 @@ def test_matmul_conv_outputs_and_gradients(n, c, k, kernel, h, w, bias):
     results = []
     for net in (conv, fast):
         y = net(ms.Tensor(x)).asnumpy()
-        _, (dx, dparams) = ms.value_and_grad(_WeightedSum(net, ms.Tensor(r)), grad_position=0, weights=params)(
+        _, (dx, dparams) = ms.value_and_grad(WeightedSum(net, ms.Tensor(r)), grad_position=0, weights=params)(
             ms.Tensor(x))
         results.append([y, dx.asnumpy()] + [g.asnumpy() for g in dparams])
     expected = reference(x, weight, b, r, pad=0)
@@ -223,27 +212,13 @@ def test_matmul_swap_keeps_parameters_and_setting():
 def test_detector_gradients_unchanged():
     import copy
 
-    from bench import harness
-    from src.training.train_step import DetectorWithLoss
-
     cfg = load_config(os.path.join(ROOT, TINY))
     detector = _tiny_detector()
-    # BatchNorm on its moving statistics, as in tests/test_winograd.py: batch statistics of the
-    # 1 x 1 TUM maps turn 1e-7 differences into percent-level gradient changes
-    for _, cell in detector.cells_and_names():
-        if isinstance(cell, nn.BatchNorm2d):
-            cell.use_batch_statistics = False
+    # BatchNorm on its moving statistics, as in tests/test_winograd.py
+    batch_norm_on_moving_statistics(detector)
     fast = copy.deepcopy(detector)
     assert direct_conv.use_direct_conv(fast, 1024) and matmul_conv.use_matmul_conv(fast, 1024)
-    images = np.random.default_rng(2).uniform(-100, 100, (2, 3, cfg.model.input_size, cfg.model.input_size))
-    loc_t, conf_t = harness.synthetic_targets(cfg, 2, seed=2)
-    inputs = (ms.Tensor(images.astype(np.float32)), ms.Tensor(loc_t), ms.Tensor(conf_t))
-    results = []
-    for net in (detector, fast):
-        net.set_train(True)
-        params = net.trainable_params()
-        value, grads = ms.value_and_grad(DetectorWithLoss(net), None, params, has_aux=True)(*inputs)
-        results.append((float(value[0].asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
+    results = loss_and_gradients((detector, fast), cfg, seed=2)
     assert results[0][1].keys() == results[1][1].keys()
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
     worst = max(rel_error(results[1][1][n], results[0][1][n]) for n in results[0][1])
@@ -258,7 +233,7 @@ def test_results_do_not_depend_on_the_kernel_threads():
     r = ms.Tensor(rng.standard_normal((3, 6, 61, 47)).astype(np.float32))
     conv = conv2d(weight)
     fast = direct_conv.DirectConv3x3(conv.weight)
-    grad_fn = ms.value_and_grad(_WeightedSum(fast, r), grad_position=0, weights=[conv.weight])
+    grad_fn = ms.value_and_grad(WeightedSum(fast, r), grad_position=0, weights=[conv.weight])
     results = []
     try:
         for threads in (1, 2, 3):

@@ -21,6 +21,7 @@ from m2det import group_norm_relu
 from m2det.layers import BasicConv
 from src.config import load_config
 from src.training import trainer
+from tests.reference.kernel_checks import WeightedSum, batch_norm_on_moving_statistics, loss_and_gradients, rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -55,10 +56,6 @@ def reference(x, gamma, beta, groups, r, eps=EPS):
     return y, dx.reshape(x.shape), dgamma, dbeta
 
 
-def rel_error(a, b):
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
 class _Unfused(nn.Cell):
     def __init__(self, norm):
         super().__init__()
@@ -66,15 +63,6 @@ class _Unfused(nn.Cell):
 
     def construct(self, x):
         return self.relu(self.norm(x))
-
-
-class _WeightedSum(nn.Cell):
-    def __init__(self, net, r):
-        super().__init__()
-        self.net, self.r = net, r
-
-    def construct(self, x):
-        return (self.net(x) * self.r).sum()
 
 
 # G = C (one channel per group), G = 1 (layer norm), 1x1 and 1 x W maps, batch 1, odd sizes,
@@ -92,7 +80,7 @@ def test_outputs_and_gradients(n, c, groups, h, w):
     results = []
     for net in (_Unfused(norm), fused):
         y = net(ms.Tensor(x)).asnumpy()
-        _, (dx, (dgamma, dbeta)) = ms.value_and_grad(_WeightedSum(net, ms.Tensor(r)), grad_position=0,
+        _, (dx, (dgamma, dbeta)) = ms.value_and_grad(WeightedSum(net, ms.Tensor(r)), grad_position=0,
                                                      weights=[norm.gamma, norm.beta])(ms.Tensor(x))
         results.append([y, dx.asnumpy(), dgamma.asnumpy(), dbeta.asnumpy()])
     expected = reference(x, gamma, beta, groups, r)
@@ -173,25 +161,12 @@ def test_rewrite_keeps_parameters_and_names():
 
 
 def test_detector_gradients_unchanged():
-    from bench import harness
-    from src.training.train_step import DetectorWithLoss
-
     cfg = load_config(os.path.join(ROOT, TINY), ["model.neck.mlfpn.tum_norm=gn"])
     detector = _tiny_detector()
-    for _, cell in detector.cells_and_names():       # the VGG's BatchNorm on its moving statistics
-        if isinstance(cell, nn.BatchNorm2d):
-            cell.use_batch_statistics = False
+    batch_norm_on_moving_statistics(detector)        # the VGG's BatchNorm
     fast = copy.deepcopy(detector)
     assert group_norm_relu.use_group_norm_relu(fast)
-    images = np.random.default_rng(3).uniform(-100, 100, (2, 3, cfg.model.input_size, cfg.model.input_size))
-    loc_t, conf_t = harness.synthetic_targets(cfg, 2, seed=3)
-    inputs = (ms.Tensor(images.astype(np.float32)), ms.Tensor(loc_t), ms.Tensor(conf_t))
-    results = []
-    for net in (detector, fast):
-        net.set_train(True)
-        params = net.trainable_params()
-        value, grads = ms.value_and_grad(DetectorWithLoss(net), None, params, has_aux=True)(*inputs)
-        results.append((float(value[0].asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
+    results = loss_and_gradients((detector, fast), cfg, seed=3)
     assert results[0][1].keys() == results[1][1].keys()
     assert any(".gn." in name for name in results[0][1])
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)

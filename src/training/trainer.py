@@ -119,6 +119,16 @@ def train(cfg, opts: TrainOptions) -> dict:
         stop.uninstall()
 
 
+def _cpu_kernels_usable(setting: str, kernels, device_target: str, amp_level: str, fallback: str) -> bool:
+    """Whether the C kernels of `kernels` (a module of m2det with `usable`) can train here: CPU,
+    float32 and the library built; logs why not, naming `setting` and `fallback`, what runs instead."""
+    if device_target != "CPU" or amp_level != "O0":
+        log.info("%s applies to float32 training on CPU only; using %s on %s (%s)", setting, fallback,
+                 device_target, amp_level)
+        return False
+    return kernels.usable(device_target, setting)
+
+
 def _use_winograd_for_training(detector, device_target: str, amp_level: str, min_channels: int = 128) -> None:
     """train.winograd: eligible 3x3 convolutions of at least `min_channels` input and output channels
     by Winograd F(2x2, 3x3) (m2det/winograd.py), CPU only.
@@ -126,11 +136,7 @@ def _use_winograd_for_training(detector, device_target: str, amp_level: str, min
     Besides speed this saves memory: the backward of a direct convolution on CPU (oneDNN's gemm
     convolution) keeps its im2col scratch buffer for the whole run, one per layer, outside
     MindSpore's memory pool (docs/BENCHMARKS.md "Compile cost", issue 18)."""
-    if device_target != "CPU" or amp_level != "O0":
-        log.info("train.winograd applies to float32 training on CPU only; using direct convolutions on %s (%s)",
-                 device_target, amp_level)
-        return
-    if not winograd.usable(device_target, "train.winograd"):
+    if not _cpu_kernels_usable("train.winograd", winograd, device_target, amp_level, "direct convolutions"):
         return
     replaced = winograd.use_winograd(detector, min_channels, trainable=True)
     log.info("train.winograd: %d convolutions use Winograd F(2x2, 3x3)", len(replaced))
@@ -143,11 +149,8 @@ def _use_direct_conv_for_training(detector, device_target: str, amp_level: str, 
     share the convolutions' Parameters, so checkpoints are unchanged."""
     if max_channels <= 0:
         return
-    if device_target != "CPU" or amp_level != "O0":
-        log.info("train.direct_conv_max_channels applies to float32 training on CPU only; using MindSpore's "
-                 "convolutions on %s (%s)", device_target, amp_level)
-        return
-    if not direct_conv.usable(device_target, "train.direct_conv_max_channels"):
+    if not _cpu_kernels_usable("train.direct_conv_max_channels", direct_conv, device_target, amp_level,
+                               "MindSpore's convolutions"):
         return
     replaced = direct_conv.use_direct_conv(detector, max_channels)
     used = direct_conv.set_threads(threads)
@@ -174,11 +177,8 @@ def _use_group_norm_relu_for_training(detector, device_target: str, amp_level: s
     gamma and beta, so checkpoints are unchanged."""
     if not enabled:
         return
-    if device_target != "CPU" or amp_level != "O0":
-        log.info("train.group_norm_relu_kernel applies to float32 training on CPU only; using MindSpore's GroupNorm "
-                 "on %s (%s)", device_target, amp_level)
-        return
-    if not group_norm_relu.usable(device_target, "train.group_norm_relu_kernel"):
+    if not _cpu_kernels_usable("train.group_norm_relu_kernel", group_norm_relu, device_target, amp_level,
+                               "MindSpore's GroupNorm"):
         return
     rewritten = group_norm_relu.use_group_norm_relu(detector)
     log.info("train.group_norm_relu_kernel: %d GroupNorm + ReLU pairs use the kernel", len(rewritten))
