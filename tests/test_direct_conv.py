@@ -264,3 +264,29 @@ def test_default_is_one_thread_per_core_even_under_omp_num_threads_1():
                                env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
                                capture_output=True, text=True, check=True).stdout.split()
     assert inherited[-1:] == ["1"]        # why the default matters (MindSpore 2.8)
+
+
+@pytest.mark.parametrize("n,c,k,h,w", [(2, 5, 7, 9, 11), (3, 4, 3, 1, 1), (2, 6, 8, 40, 37)])
+def test_filter_gradient_without_avx512(n, c, k, h, w):
+    # CPUs without AVX-512 take the 8-float version of the filter gradient; force it here and
+    # hold both versions to the float64 reference (K = 7 and 8: not multiples of the 3-channel block)
+    import ctypes
+
+    lib = ctypes.CDLL(direct_conv.LIBRARY)      # the file MindSpore's operators loaded: one switch
+    rng = np.random.default_rng(n + c + k + h)
+    weight = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    r = rng.standard_normal((n, k, h, w)).astype(np.float32)
+    conv = conv2d(weight)
+    grad_fn = ms.value_and_grad(WeightedSum(direct_conv.DirectConv3x3(conv.weight), ms.Tensor(r)), None,
+                                weights=[conv.weight])
+    want = reference(x, weight, None, r)[2]
+    results = []
+    try:
+        for narrow in (0, 1):
+            assert lib.DirectConv3x3ForceNarrowFilterGrad(narrow) == narrow
+            results.append(grad_fn(ms.Tensor(x))[1][0].asnumpy())
+    finally:
+        lib.DirectConv3x3ForceNarrowFilterGrad(0)
+    for got in results:
+        assert rel_error(got, want) < 2e-6
