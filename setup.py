@@ -8,6 +8,8 @@
                                    (m2det/kernels/direct_conv3x3.c), the same kind of library
     m2det/kernels/_group_norm_relu.so  GroupNorm + ReLU and its gradient for training
                                    (m2det/kernels/group_norm_relu.c), the same kind of library
+    m2det/kernels/_squared_sum.so  the squared sum of many tensors, for the global norm of the
+                                   gradients (m2det/kernels/squared_sum.c), the same kind of library
 
 `pip install .` puts them into the installed packages, `pip install -e .` and
 `bash scripts/make.sh` (= `python setup.py build_ext --inplace`) next to their sources,
@@ -50,6 +52,18 @@ GROUP_NORM_SOURCE = os.path.join("m2det", "kernels", "group_norm_relu.c")
 GROUP_NORM_LIBRARY = os.path.join("m2det", "kernels", "_group_norm_relu.so")
 GROUP_NORM_FLAGS = DIRECT_CONV_FLAGS + ["-fno-math-errno"]
 
+# the squared sum of the gradients: built as the Winograd kernels
+SQUARED_SUM_SOURCE = os.path.join("m2det", "kernels", "squared_sum.c")
+SQUARED_SUM_LIBRARY = os.path.join("m2det", "kernels", "_squared_sum.so")
+
+# (what, sources, flags, library)
+KERNELS = [
+    ("the Winograd kernels", WINOGRAD_SOURCES, WINOGRAD_FLAGS, WINOGRAD_LIBRARY),
+    ("the direct convolution kernels", [DIRECT_CONV_SOURCE], DIRECT_CONV_FLAGS, DIRECT_CONV_LIBRARY),
+    ("the GroupNorm + ReLU kernels", [GROUP_NORM_SOURCE], GROUP_NORM_FLAGS, GROUP_NORM_LIBRARY),
+    ("the squared-sum kernel", [SQUARED_SUM_SOURCE], WINOGRAD_FLAGS, SQUARED_SUM_LIBRARY),
+]
+
 
 class BuildExtensionsAndKernels(build_ext):
     """build_ext, then the kernel libraries into the same tree as the extension modules."""
@@ -58,16 +72,13 @@ class BuildExtensionsAndKernels(build_ext):
         super().run()
         here = os.path.dirname(os.path.abspath(__file__))
         in_source = self.inplace or getattr(self, "editable_mode", False)
-        targets = [os.path.join(here, WINOGRAD_LIBRARY)] if in_source else []
+        roots = [here] if in_source else []
         if not self.inplace:
-            targets.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
-        for target in targets:
-            self._compile("the Winograd kernels", [os.path.join(here, source) for source in WINOGRAD_SOURCES],
-                          WINOGRAD_FLAGS, target)
-            self._compile("the direct convolution kernels", [os.path.join(here, DIRECT_CONV_SOURCE)],
-                          DIRECT_CONV_FLAGS, target.replace(WINOGRAD_LIBRARY, DIRECT_CONV_LIBRARY))
-            self._compile("the GroupNorm + ReLU kernels", [os.path.join(here, GROUP_NORM_SOURCE)],
-                          GROUP_NORM_FLAGS, target.replace(WINOGRAD_LIBRARY, GROUP_NORM_LIBRARY))
+            roots.append(self.build_lib)
+        for root in roots:
+            for what, sources, flags, library in KERNELS:
+                self._compile(what, [os.path.join(here, source) for source in sources], flags,
+                              os.path.join(root, library))
 
     @staticmethod
     def _compile(what: str, sources: list, flags: list, target: str) -> None:
@@ -81,9 +92,7 @@ class BuildExtensionsAndKernels(build_ext):
     def get_outputs(self):
         outputs = super().get_outputs()
         if not self.inplace:
-            outputs.append(os.path.join(self.build_lib, WINOGRAD_LIBRARY))
-            outputs.append(os.path.join(self.build_lib, DIRECT_CONV_LIBRARY))
-            outputs.append(os.path.join(self.build_lib, GROUP_NORM_LIBRARY))
+            outputs += [os.path.join(self.build_lib, library) for _, _, _, library in KERNELS]
         return outputs
 
 

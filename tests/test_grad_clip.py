@@ -98,3 +98,103 @@ def test_clip_adds_little_to_the_training_graph_compile():
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
     assert clipped < 3.0 * plain, (plain, clipped)
+
+
+# ---- the squared sum as one C operator (train.grad_norm_kernel) ----
+
+def _float64_squared_sum(grads):
+    return sum(float((g.astype(np.float64) ** 2).sum()) for g in grads)
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_squared_sum_operator_against_float64(mode):
+    from src.training.grad_clip import squared_sum_operator
+
+    # 65,536 + 5 and 76,800 entries: chunks that end inside a tensor; a (1,) gradient; an empty one
+    grads = _grads(seed=2) + [np.full((65541,), 0.5, np.float32), np.zeros((0, 3), np.float32)]
+
+    class _Sum(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.squared_sum = squared_sum_operator()
+
+        def construct(self, tensors):
+            return self.squared_sum(*tensors)
+
+    ms.set_context(mode=mode)
+    try:
+        got = _Sum()(tuple(ms.Tensor(g) for g in grads))
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert got.shape == () and got.dtype == ms.float32
+    assert float(got.asnumpy()) == pytest.approx(_float64_squared_sum(grads), rel=1e-7)
+
+
+def test_clip_with_the_kernel_matches_the_mapped_clip():
+    from src.training.grad_clip import squared_sum_operator
+
+    for scale in (1e-3, 1.0):
+        grads = tuple(ms.Tensor(g) for g in _grads(seed=3, scale=scale))
+        mapped = clip_by_global_norm(grads, 4.0)
+        fused = clip_by_global_norm(grads, 4.0, squared_sum_operator())
+        assert float(global_norm(grads, squared_sum_operator()).asnumpy()) == pytest.approx(
+            float(global_norm(grads).asnumpy()), rel=1e-6)
+        for a, b in zip(mapped, fused):
+            np.testing.assert_allclose(b.asnumpy(), a.asnumpy(), rtol=1e-6, atol=0)
+
+
+def test_squared_sum_refuses_other_dtypes():
+    from src.training.grad_clip import squared_sum_operator
+
+    with pytest.raises(RuntimeError):
+        squared_sum_operator()(ms.Tensor(np.ones(4, np.float64)), ms.Tensor(np.ones(3, np.float64))).asnumpy()
+
+
+def test_train_step_with_the_kernel_makes_the_same_update():
+    from src.training.train_step import TrainStep
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x = ms.Tensor(np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32))
+    y = ms.Tensor(np.full((2, 4), 5.0, np.float32))
+    results = []
+    try:
+        for kernel in (False, True):
+            ms.set_seed(0)
+            net = _Chain(depth=6)
+            step = TrainStep(net, nn.SGD(net.trainable_params(), learning_rate=0.1), 0.05, clip_kernel=kernel)
+            assert (step.squared_sum is not None) == kernel
+            step.set_train(True)
+            for _ in range(3):
+                step(x, y)
+            results.append([p.asnumpy().copy() for p in net.trainable_params()])
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    moved = max(float(np.abs(a).max()) for a in results[0])
+    assert moved > 0
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_trainer_setting_on_cpu_float32_only(monkeypatch, caplog):
+    import logging
+    import os
+
+    from src.config import load_config
+    from src.training import grad_clip, trainer
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert load_config(os.path.join(root, "tests/configs/tiny.yaml")).train.grad_norm_kernel is False
+    lite = load_config(os.path.join(root, "configs/m2det_lite.yaml")).train
+    assert lite.grad_norm_kernel is True and lite.clip_grad_norm > 0
+    assert not trainer._clip_kernel_usable(lite, "GPU", "O0")
+    assert not trainer._clip_kernel_usable(lite, "CPU", "O2")
+    with caplog.at_level(logging.INFO, logger=trainer.log.name):
+        assert trainer._clip_kernel_usable(lite, "CPU", "O0")
+    assert "train.grad_norm_kernel" in caplog.text
+    unclipped = load_config(os.path.join(root, "configs/m2det_lite.yaml"), ["train.clip_grad_norm=0"]).train
+    assert not trainer._clip_kernel_usable(unclipped, "CPU", "O0")
+    monkeypatch.setattr(grad_clip, "LIBRARY", "/nonexistent/_squared_sum.so")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
+        assert not trainer._clip_kernel_usable(lite, "CPU", "O0")
+    assert "train.grad_norm_kernel" in caplog.text and "scripts/make.sh" in caplog.text

@@ -17,7 +17,7 @@ from mindspore import nn, ops
 from mindspore.communication import get_group_size
 from mindspore.context import ParallelMode
 
-from src.training.grad_clip import clip_by_global_norm
+from src.training.grad_clip import clip_by_global_norm, squared_sum_operator
 
 
 class DetectorWithLoss(nn.Cell):
@@ -63,15 +63,18 @@ class TrainStep(nn.Cell):
         clip_grad_norm: global-norm clip of the averaged gradients; 0 disables.
         loss_scale: a `DynamicLossScale` (mixed precision), or None.
         ema: a `ModelEMA` updated after every optimizer update, or None.
+        clip_kernel: the clip's global norm by one C operator (CPU, float32 gradients;
+            src/training/grad_clip.py) instead of MindSpore's per-gradient reductions.
     """
 
     def __init__(self, net_with_loss: nn.Cell, optimizer: nn.Optimizer, clip_grad_norm: float = 0.0,
-                 loss_scale: nn.Cell | None = None, ema: nn.Cell | None = None):
+                 loss_scale: nn.Cell | None = None, ema: nn.Cell | None = None, clip_kernel: bool = False):
         super().__init__(auto_prefix=False)
         self.network = net_with_loss
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.clip_grad_norm = float(clip_grad_norm)
+        self.squared_sum = squared_sum_operator() if clip_kernel and self.clip_grad_norm > 0 else None
         self.loss_scale = loss_scale
         self.use_loss_scale = loss_scale is not None
         self.ema = ema
@@ -90,7 +93,7 @@ class TrainStep(nn.Cell):
 
     def _apply(self, grads):
         if self.clip_grad_norm > 0:
-            grads = clip_by_global_norm(grads, self.clip_grad_norm)
+            grads = clip_by_global_norm(grads, self.clip_grad_norm, self.squared_sum)
         done = self.optimizer(grads)
         if self.use_ema:
             done = ops.depend(done, self.ema())

@@ -33,6 +33,7 @@ from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
 from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights, read_checkpoint,
                                      restore_training_state, select_resume_checkpoint)
 from src.training.distributed import GracefulStop, weights_digest
+from src.training import grad_clip
 from src.training.ema import ModelEMA
 from src.training.hooks import BestCheckpoint, CheckpointHook, EvaluationHook
 from src.training.load_from import load_pretrained
@@ -171,6 +172,18 @@ def _use_matmul_conv_for_training(detector, amp_level: str, max_channels: int) -
     log.info("train.matmul_conv_max_channels: %d convolutions are MatMuls", len(replaced))
 
 
+def _clip_kernel_usable(tcfg, device_target: str, amp_level: str) -> bool:
+    """train.grad_norm_kernel: the clip's global norm by one C operator (src/training/grad_clip.py),
+    CPU and float32 only; the same clip to float rounding."""
+    if not tcfg.grad_norm_kernel or tcfg.clip_grad_norm <= 0:
+        return False
+    if not _cpu_kernels_usable("train.grad_norm_kernel", grad_clip, device_target, amp_level,
+                               "MindSpore's per-gradient reductions"):
+        return False
+    log.info("train.grad_norm_kernel: the global norm of the gradients by one kernel")
+    return True
+
+
 def _use_group_norm_relu_for_training(detector, device_target: str, amp_level: str, enabled: bool) -> None:
     """train.group_norm_relu_kernel: every GroupNorm + ReLU of a BasicConv (the TUMs with
     `tum_norm: gn`) by one kernel (m2det/group_norm_relu.py), CPU and float32 only; it shares
@@ -307,7 +320,8 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
         log.info("resuming from %s %s (global step %d)", start.path, where, start.step)
         start.params = None
     step_fn = TrainStep(DetectorWithLoss(detector, float32_loss=amp_level == "O2"), optimizer,
-                        tcfg.clip_grad_norm, loss_scale=loss_scale, ema=ema)
+                        tcfg.clip_grad_norm, loss_scale=loss_scale, ema=ema,
+                        clip_kernel=_clip_kernel_usable(tcfg, opts.device_target, amp_level))
     step_fn.set_train(True)
     return TrainingRun(cfg, opts, detector, priors, dataset, manager, start, optimizer, ema, loss_scale, step_fn,
                        lr, global_batch, model_entries)
