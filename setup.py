@@ -8,6 +8,8 @@
                                    (m2det/kernels/direct_conv3x3.c), the same kind of library
     m2det/kernels/_group_norm_relu.so  GroupNorm + ReLU and its gradient for training
                                    (m2det/kernels/group_norm_relu.c), the same kind of library
+    m2det/kernels/_max_pool.so     max-pooling and its gradient for training
+                                   (m2det/kernels/max_pool.c), the same kind of library
     m2det/kernels/_squared_sum.so  the squared sum of many tensors, for the global norm of the
                                    gradients (m2det/kernels/squared_sum.c), the same kind of library
 
@@ -52,7 +54,9 @@ GROUP_NORM_SOURCE = os.path.join("m2det", "kernels", "group_norm_relu.c")
 GROUP_NORM_LIBRARY = os.path.join("m2det", "kernels", "_group_norm_relu.so")
 GROUP_NORM_FLAGS = DIRECT_CONV_FLAGS + ["-fno-math-errno"]
 
-# the squared sum of the gradients: built as the Winograd kernels
+# max-pooling and the squared sum of the gradients: built as the Winograd kernels
+MAX_POOL_SOURCE = os.path.join("m2det", "kernels", "max_pool.c")
+MAX_POOL_LIBRARY = os.path.join("m2det", "kernels", "_max_pool.so")
 SQUARED_SUM_SOURCE = os.path.join("m2det", "kernels", "squared_sum.c")
 SQUARED_SUM_LIBRARY = os.path.join("m2det", "kernels", "_squared_sum.so")
 
@@ -61,6 +65,7 @@ KERNELS = [
     ("the Winograd kernels", WINOGRAD_SOURCES, WINOGRAD_FLAGS, WINOGRAD_LIBRARY),
     ("the direct convolution kernels", [DIRECT_CONV_SOURCE], DIRECT_CONV_FLAGS, DIRECT_CONV_LIBRARY),
     ("the GroupNorm + ReLU kernels", [GROUP_NORM_SOURCE], GROUP_NORM_FLAGS, GROUP_NORM_LIBRARY),
+    ("the max-pooling kernels", [MAX_POOL_SOURCE], WINOGRAD_FLAGS, MAX_POOL_LIBRARY),
     ("the squared-sum kernel", [SQUARED_SUM_SOURCE], WINOGRAD_FLAGS, SQUARED_SUM_LIBRARY),
 ]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
-from m2det import direct_conv, group_norm_relu, matmul_conv, winograd
+from m2det import direct_conv, group_norm_relu, matmul_conv, max_pool, winograd
 from src.builder import (build_detector, build_postprocessor, build_priors, class_dependent_names, eval_data_settings,
                          train_data_settings)
 from src.data.pipeline import create_train_dataset
@@ -172,6 +172,18 @@ def _use_matmul_conv_for_training(detector, amp_level: str, max_channels: int) -
     log.info("train.matmul_conv_max_channels: %d convolutions are MatMuls", len(replaced))
 
 
+def _use_max_pool_kernel_for_training(detector, device_target: str, amp_level: str, enabled: bool) -> None:
+    """train.max_pool_kernel: every eligible nn.MaxPool2d by our kernel (m2det/max_pool.py), CPU
+    and float32 only; the same results bit for bit (pools have no Parameters)."""
+    if not enabled:
+        return
+    if not _cpu_kernels_usable("train.max_pool_kernel", max_pool, device_target, amp_level,
+                               "MindSpore's max-pooling"):
+        return
+    replaced = max_pool.use_max_pool_kernel(detector)
+    log.info("train.max_pool_kernel: %d max-pools use the kernel", len(replaced))
+
+
 def _clip_kernel_usable(tcfg, device_target: str, amp_level: str) -> bool:
     """train.grad_norm_kernel: the clip's global norm by one C operator (src/training/grad_clip.py),
     CPU and float32 only; the same clip to float rounding."""
@@ -307,6 +319,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
                                   int(tcfg.direct_conv_threads))
     _use_matmul_conv_for_training(detector, amp_level, int(tcfg.matmul_conv_max_channels))
     _use_group_norm_relu_for_training(detector, opts.device_target, amp_level, bool(tcfg.group_norm_relu_kernel))
+    _use_max_pool_kernel_for_training(detector, opts.device_target, amp_level, bool(tcfg.max_pool_kernel))
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
