@@ -28,6 +28,8 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              direct kernels (m2det/direct_conv.py, train.direct_conv_max_channels)
                              and the unpadded 1x1 / kernel-sized ones of <= --matmul_conv_max_channels
                              as MatMuls (m2det/matmul_conv.py, train.matmul_conv_max_channels),
+                             plus the config's max-pool and global-norm kernels
+                             (train.max_pool_kernel, train.grad_norm_kernel; on for m2det_lite),
                              and PyTorch; also the workers' process CPU time per step
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
@@ -222,11 +224,16 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
             use_direct_conv(detector, direct_max)   # as train.direct_conv_max_channels does
             set_threads(direct_threads)             # train.direct_conv_threads
             use_matmul_conv(detector, matmul_max)   # as train.matmul_conv_max_channels does
+            if cfg.train.max_pool_kernel:           # the config's other training kernels, as the trainer
+                from m2det.max_pool import use_max_pool_kernel
+
+                use_max_pool_kernel(detector)
         if winograd:
             from m2det.winograd import use_winograd
 
             use_winograd(detector, min_channels, trainable=True)    # as train.winograd=true does
-        step = H.mindspore_train_step(detector, cfg)
+        step = H.mindspore_train_step(detector, cfg, clip_kernel=framework == "mindspore_direct"
+                                      and bool(cfg.train.grad_norm_kernel))
         inputs = (ms.Tensor(images), ms.Tensor(loc_t), ms.Tensor(conf_t))
         run_step = lambda: step(*inputs)[0].asnumpy()  # noqa: E731
     else:

@@ -243,15 +243,16 @@ def synthetic_targets(cfg, batch_size: int, seed: int = 0) -> tuple[np.ndarray, 
     return np.stack(locs), np.stack(confs).astype(np.int32)
 
 
-def mindspore_train_step(detector, cfg, steps: int = 1000):
-    """The project's jitted step: DetectorWithLoss -> value_and_grad -> clip -> SGD (momentum, decay)."""
+def mindspore_train_step(detector, cfg, steps: int = 1000, clip_kernel: bool = False):
+    """The project's jitted step: DetectorWithLoss -> value_and_grad -> clip -> SGD (momentum, decay);
+    `clip_kernel`: the clip's global norm by the C kernel (train.grad_norm_kernel)."""
     from src.training.optimizer import build_sgd
     from src.training.train_step import DetectorWithLoss, TrainStep
 
     tcfg = cfg.train
     lr = np.full(steps, 1e-4, np.float32)     # small: the benchmark must not diverge
     optimizer = build_sgd(detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
-    step = TrainStep(DetectorWithLoss(detector), optimizer, tcfg.clip_grad_norm)
+    step = TrainStep(DetectorWithLoss(detector), optimizer, tcfg.clip_grad_norm, clip_kernel=clip_kernel)
     step.set_train(True)
     return step
 

@@ -152,15 +152,22 @@ static void correlate(const float *xp, const layout *l, int64_t cin, const float
             for (int64_t kbk = 0; kbk < kblocks; kbk++) {
                 const int64_t start = blk * BLOCK;
                 conv_block(xp, l->stride, cin, l->wp, wk + kbk * cin * 9 * KB, start, acc);
+                /* copy the block out a row piece at a time, dropping the padding columns and rows */
+                const int64_t hw = l->h * l->w, limit = l->length - start < BLOCK ? l->length - start : BLOCK;
+                const int kcount = cout - kbk * KB < KB ? (int)(cout - kbk * KB) : KB;
                 int64_t b = start / l->plane, rest = start - b * l->plane;
                 int64_t r = rest / l->wp, q = rest - r * l->wp;
-                for (int64_t p = 0; p < BLOCK && start + p < l->length; p++) {
+                for (int64_t p = 0; p < limit;) {
+                    const int64_t run = l->wp - q < limit - p ? l->wp - q : limit - p;
                     if (r < l->h && q < l->w) {
-                        float *dst = out + (b * cout + kbk * KB) * l->h * l->w + r * l->w + q;
-                        for (int kb = 0; kb < KB && kbk * KB + kb < cout; kb++)
-                            dst[kb * l->h * l->w] = acc[kb * BLOCK + p];
+                        const int64_t valid = l->w - q < run ? l->w - q : run;
+                        float *dst = out + (b * cout + kbk * KB) * hw + r * l->w + q;
+                        for (int kb = 0; kb < kcount; kb++)
+                            for (int64_t t = 0; t < valid; t++) dst[kb * hw + t] = acc[kb * BLOCK + p + t];
                     }
-                    if (++q == l->wp) {
+                    p += run;
+                    q += run;
+                    if (q == l->wp) {
                         q = 0;
                         if (++r == l->hp) { r = 0; b++; }
                     }
