@@ -99,7 +99,7 @@ def test_all_zero_windows_send_the_gradient_to_their_first_position():
     np.testing.assert_array_equal(dx.asnumpy()[0, 0], want)
 
 
-@pytest.mark.parametrize("size", [1, 2, 5, 6, 7, 12, 13, 24, 25, 48, 49])
+@pytest.mark.parametrize("size", [1, 2, 7, 12, 25])
 def test_output_sizes_match_mindspore(size):
     pools = [nn.MaxPool2d(2, 2), nn.MaxPool2d(kernel_size=2, stride=2, pad_mode="pad", ceil_mode=True),
              nn.MaxPool2d(kernel_size=3, stride=1, pad_mode="pad", padding=1),
