@@ -22,6 +22,7 @@ fi
 # --overwrite: running the quickstart again starts it again (train.py refuses to replace a run otherwise)
 python train.py --config "$CONFIG" --data_dir "$DATA" --device_target CPU --output_dir "$OUT" --overwrite "$@"
 CKPT=$(ls -1 "$OUT"/*_epoch*.ckpt | sort | tail -n 1)
+# batches of 8: the same detections as one image at a time (to float rounding; AP identical), ~5 s sooner
 python eval.py --config "$CONFIG" --checkpoint "$CKPT" --data_dir "$DATA" --device_target CPU \
-  --output_dir "$OUT/eval" --draw 8
+  --output_dir "$OUT/eval" --draw 8 --batch_size 8
 echo "quickstart: checkpoints, logs and train_curves.png in $OUT; metrics and pictures in $OUT/eval"

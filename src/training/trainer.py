@@ -29,11 +29,11 @@ from src.builder import (build_detector, build_postprocessor, build_priors, clas
                          train_data_settings)
 from src.data.pipeline import create_train_dataset
 from src.model_info import checkpoint_entries, dataset_classes, write_resolved_config
+from src.training import grad_clip
 from src.training.amp import DynamicLossScale, apply_o2, resolve_amp_level
 from src.training.checkpoint import (CheckpointManager, checkpoint_meta, load_backbone_weights, read_checkpoint,
                                      restore_training_state, select_resume_checkpoint)
 from src.training.distributed import GracefulStop, weights_digest
-from src.training import grad_clip
 from src.training.ema import ModelEMA
 from src.training.hooks import BestCheckpoint, CheckpointHook, EvaluationHook
 from src.training.load_from import load_pretrained
