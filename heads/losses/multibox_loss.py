@@ -45,8 +45,10 @@ def hard_negative_mask(ce, positive, neg_pos_ratio: int = 3, empty_image_negativ
     num_priors = ce.shape[1]
     mining = ops.where(positive, ops.zeros_like(ce), ce)
     _, order = ops.sort(mining, axis=1, descending=True)
-    # rank of every prior in that order: argsort of the permutation
-    _, rank = ops.sort(order.astype(ms.float32), axis=1)
+    # rank of every prior in that order: the inverse permutation, rank[order[i]] = i (a scatter;
+    # it was a second sort, which cost as much as the first)
+    positions = ops.broadcast_to(ops.arange(num_priors, dtype=order.dtype), order.shape)
+    rank = ops.tensor_scatter_elements(ops.zeros_like(order), order, positions, axis=1)
     num_pos = positive.astype(ms.int32).sum(axis=1, keepdims=True)
     wanted = ops.where(num_pos > 0, num_pos * neg_pos_ratio, ops.full_like(num_pos, empty_image_negatives))
     num_neg = ops.minimum(wanted, ops.full_like(num_pos, num_priors - 1))
