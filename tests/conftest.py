@@ -1,5 +1,8 @@
 """Fixtures shared by the test modules.
 
+    default_mode        module scope, automatic: every module starts in MindSpore's default
+                        PyNative mode, whatever the module before it left (the order of
+                        modules differs between a plain run and `pytest -n` workers)
     pynative            module scope: run the module in PyNative mode (no graph compilation for a
                         few forward passes), restoring the previous mode afterwards. A module opts
                         in with `pytestmark = pytest.mark.usefixtures("pynative")`.
@@ -23,6 +26,13 @@ from src.training.checkpoint import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_mode():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
 @pytest.fixture(scope="module")
