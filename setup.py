@@ -8,6 +8,8 @@
                                    (m2det/kernels/direct_conv3x3.c), the same kind of library
     m2det/kernels/_group_norm_relu.so  GroupNorm + ReLU and its gradient for training
                                    (m2det/kernels/group_norm_relu.c), the same kind of library
+    m2det/kernels/_batch_norm_relu.so  BatchNorm + ReLU and its gradient for training
+                                   (m2det/kernels/batch_norm_relu.c), the same kind of library
     m2det/kernels/_max_pool.so     max-pooling and its gradient for training
                                    (m2det/kernels/max_pool.c), the same kind of library
     m2det/kernels/_squared_sum.so  the squared sum of many tensors, for the global norm of the
@@ -54,6 +56,11 @@ GROUP_NORM_SOURCE = os.path.join("m2det", "kernels", "group_norm_relu.c")
 GROUP_NORM_LIBRARY = os.path.join("m2det", "kernels", "_group_norm_relu.so")
 GROUP_NORM_FLAGS = DIRECT_CONV_FLAGS + ["-fno-math-errno"]
 
+# BatchNorm + ReLU: built as the Winograd kernels (no fused multiply-adds: the gradient recomputes
+# the ReLU's mask, which must round as the forward's), sqrt as the CPU instruction
+BATCH_NORM_SOURCE = os.path.join("m2det", "kernels", "batch_norm_relu.c")
+BATCH_NORM_LIBRARY = os.path.join("m2det", "kernels", "_batch_norm_relu.so")
+
 # max-pooling and the squared sum of the gradients: built as the Winograd kernels
 MAX_POOL_SOURCE = os.path.join("m2det", "kernels", "max_pool.c")
 MAX_POOL_LIBRARY = os.path.join("m2det", "kernels", "_max_pool.so")
@@ -65,6 +72,8 @@ KERNELS = [
     ("the Winograd kernels", WINOGRAD_SOURCES, WINOGRAD_FLAGS, WINOGRAD_LIBRARY),
     ("the direct convolution kernels", [DIRECT_CONV_SOURCE], DIRECT_CONV_FLAGS, DIRECT_CONV_LIBRARY),
     ("the GroupNorm + ReLU kernels", [GROUP_NORM_SOURCE], GROUP_NORM_FLAGS, GROUP_NORM_LIBRARY),
+    ("the BatchNorm + ReLU kernels", [BATCH_NORM_SOURCE], WINOGRAD_FLAGS + ["-fno-math-errno"],
+     BATCH_NORM_LIBRARY),
     ("the max-pooling kernels", [MAX_POOL_SOURCE], WINOGRAD_FLAGS, MAX_POOL_LIBRARY),
     ("the squared-sum kernel", [SQUARED_SUM_SOURCE], WINOGRAD_FLAGS, SQUARED_SUM_LIBRARY),
 ]

@@ -28,8 +28,9 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              direct kernels (m2det/direct_conv.py, train.direct_conv_max_channels)
                              and the unpadded 1x1 / kernel-sized ones of <= --matmul_conv_max_channels
                              as MatMuls (m2det/matmul_conv.py, train.matmul_conv_max_channels),
-                             plus the config's max-pool and global-norm kernels
-                             (train.max_pool_kernel, train.grad_norm_kernel; on for m2det_lite),
+                             plus the config's max-pool, BatchNorm + ReLU and global-norm kernels
+                             (train.max_pool_kernel, train.batch_norm_relu_kernel,
+                             train.grad_norm_kernel; on for m2det_lite),
                              and PyTorch; also the workers' process CPU time per step
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
@@ -228,6 +229,10 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
                 from m2det.max_pool import use_max_pool_kernel
 
                 use_max_pool_kernel(detector)
+            if cfg.train.batch_norm_relu_kernel:
+                from m2det.batch_norm_relu import use_batch_norm_relu
+
+                use_batch_norm_relu(detector)
         if winograd:
             from m2det.winograd import use_winograd
 

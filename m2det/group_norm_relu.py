@@ -7,8 +7,7 @@ maps, and each is followed by a ReLU pass each way. m2det/kernels/group_norm_rel
 normalisation, the affine map and the ReLU in one operator and the gradients of the input, gamma
 and beta in one more, as MindSpore "aot" custom operators; the forward operator also returns the
 per-(image, group) mean and 1/std that its gradient uses. Built by `bash scripts/make.sh`.
-(BatchNorm + ReLU the same way was slower than MindSpore's oneDNN BatchNorm and was dropped:
-docs/BENCHMARKS.md, "Narrow-layer training speed".)
+(BatchNorm + ReLU: m2det/batch_norm_relu.py, which recomputes the ReLU's mask in the gradient.)
 
 `use_group_norm_relu(network)` rewrites, in place, every `BasicConv` with GroupNorm (the TUMs
 with `tum_norm: gn`): its `gn` becomes this cell, sharing gamma and beta, and its ReLU an

@@ -4,6 +4,7 @@
 #   m2det/kernels/_winograd_f23.so  the Winograd F(2x2) and F(4x4) transforms (winograd_f23.c + winograd_f43.c; m2det/winograd.py; MindSpore aot custom ops; $CC, default gcc)
 #   m2det/kernels/_direct_conv3x3.so  direct 3x3 convolutions for narrow layers (m2det/direct_conv.py; the same kind)
 #   m2det/kernels/_group_norm_relu.so GroupNorm + ReLU for training (m2det/group_norm_relu.py; the same kind)
+#   m2det/kernels/_batch_norm_relu.so BatchNorm + ReLU for training (m2det/batch_norm_relu.py; the same kind)
 #   m2det/kernels/_max_pool.so      max-pooling for training (m2det/max_pool.py; the same kind)
 #   m2det/kernels/_squared_sum.so   the squared sum of the gradients for their global norm (src/training/grad_clip.py; the same kind)
 # all by `python setup.py build_ext --inplace` (`pip install .` builds the same into the installed package).

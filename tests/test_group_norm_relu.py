@@ -8,7 +8,6 @@ rewrite keeping Parameter names; the trainer's setting and its fallbacks; the C 
 refusals.
 """
 import copy
-import ctypes
 import logging
 import os
 
@@ -21,7 +20,8 @@ from m2det import group_norm_relu
 from m2det.layers import BasicConv
 from src.config import load_config
 from src.training import trainer
-from tests.reference.kernel_checks import WeightedSum, batch_norm_on_moving_statistics, loss_and_gradients, rel_error
+from tests.reference.kernel_checks import (WeightedSum, batch_norm_on_moving_statistics, call_kernel,
+                                          loss_and_gradients, rel_error)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -109,16 +109,7 @@ def test_cell_refuses_groups_that_do_not_divide():
 
 
 def _call(name, arrays, dtypes=None):
-    """Call a C entry point the way MindSpore does (aot: every input, then every output)."""
-    lib = ctypes.CDLL(group_norm_relu.LIBRARY)
-    count = len(arrays)
-    params = (ctypes.c_void_p * count)(*[a.ctypes.data for a in arrays])
-    ndims = (ctypes.c_int * count)(*[a.ndim for a in arrays])
-    shape_arrays = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
-    shapes = (ctypes.POINTER(ctypes.c_int64) * count)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
-                                                         for s in shape_arrays])
-    names = (ctypes.c_char_p * count)(*[(d or "float32").encode() for d in (dtypes or [None] * count)])
-    return getattr(lib, name)(count, params, ndims, shapes, names, None, None)
+    return call_kernel(group_norm_relu.LIBRARY, name, arrays, dtypes)
 
 
 def test_kernels_refuse_what_they_do_not_compute():

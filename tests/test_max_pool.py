@@ -6,7 +6,6 @@ a ReLU); the output sizes in floor and ceil mode; eligibility; a tiny detector's
 gradients; the trainer's setting and its fallbacks; the C entry points' refusals.
 """
 import copy
-import ctypes
 import logging
 import os
 
@@ -18,7 +17,7 @@ import pytest
 from m2det import max_pool
 from src.config import load_config
 from src.training import trainer
-from tests.reference.kernel_checks import WeightedSum, batch_norm_on_moving_statistics, loss_and_gradients
+from tests.reference.kernel_checks import WeightedSum, batch_norm_on_moving_statistics, call_kernel, loss_and_gradients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -175,15 +174,8 @@ def test_missing_library_keeps_mindspore_pools(monkeypatch, caplog):
         max_pool.use_max_pool_kernel(detector)
 
 
-def _call(name, arrays):
-    lib = ctypes.CDLL(max_pool.LIBRARY)
-    n = len(arrays)
-    shapes = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
-    return getattr(lib, name)(n, (ctypes.c_void_p * n)(*[a.ctypes.data for a in arrays]),
-                              (ctypes.c_int * n)(*[a.ndim for a in arrays]),
-                              (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
-                                                                     for s in shapes]),
-                              (ctypes.c_char_p * n)(*[str(a.dtype).encode() for a in arrays]), None, None)
+def _call(name, arrays, dtypes=None):
+    return call_kernel(max_pool.LIBRARY, name, arrays, dtypes)
 
 
 def test_c_entry_points_refuse_what_they_do_not_compute():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
-from m2det import direct_conv, group_norm_relu, matmul_conv, max_pool, winograd
+from m2det import batch_norm_relu, direct_conv, group_norm_relu, matmul_conv, max_pool, winograd
 from src.builder import (build_detector, build_postprocessor, build_priors, class_dependent_names, eval_data_settings,
                          train_data_settings)
 from src.data.pipeline import create_train_dataset
@@ -209,6 +209,20 @@ def _use_group_norm_relu_for_training(detector, device_target: str, amp_level: s
     log.info("train.group_norm_relu_kernel: %d GroupNorm + ReLU pairs use the kernel", len(rewritten))
 
 
+def _use_batch_norm_relu_for_training(detector, device_target: str, amp_level: str, enabled: bool) -> None:
+    """train.batch_norm_relu_kernel: every BatchNorm that a ReLU follows (the VGG's with
+    `batch_norm: true`, the FFMs', the TUMs' with `tum_norm: bn`) and that ReLU by one kernel
+    (m2det/batch_norm_relu.py), CPU and float32 only; it shares gamma, beta and the moving
+    statistics, so checkpoints are unchanged."""
+    if not enabled:
+        return
+    if not _cpu_kernels_usable("train.batch_norm_relu_kernel", batch_norm_relu, device_target, amp_level,
+                               "MindSpore's BatchNorm and ReLU"):
+        return
+    rewritten = batch_norm_relu.use_batch_norm_relu(detector)
+    log.info("train.batch_norm_relu_kernel: %d BatchNorm + ReLU pairs use the kernel", len(rewritten))
+
+
 @dataclass
 class TrainingRun:
     """Everything a run is made of, built once from the config (`build_run`)."""
@@ -319,6 +333,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
                                   int(tcfg.direct_conv_threads))
     _use_matmul_conv_for_training(detector, amp_level, int(tcfg.matmul_conv_max_channels))
     _use_group_norm_relu_for_training(detector, opts.device_target, amp_level, bool(tcfg.group_norm_relu_kernel))
+    _use_batch_norm_relu_for_training(detector, opts.device_target, amp_level, bool(tcfg.batch_norm_relu_kernel))
     _use_max_pool_kernel_for_training(detector, opts.device_target, amp_level, bool(tcfg.max_pool_kernel))
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None

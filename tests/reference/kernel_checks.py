@@ -1,7 +1,10 @@
 """Checks shared by the tests of our C-kernel cells (tests/test_direct_conv.py,
-tests/test_group_norm_relu.py): a weighted-sum loss, the relative error, and a whole tiny
-detector's loss and parameter gradients with and without the kernels."""
+tests/test_group_norm_relu.py, tests/test_batch_norm_relu.py, tests/test_max_pool.py): a
+weighted-sum loss, the relative error, a whole tiny detector's loss and parameter gradients with
+and without the kernels, and a direct call of a C entry point."""
 from __future__ import annotations
+
+import ctypes
 
 import mindspore as ms
 import mindspore.nn as nn
@@ -31,8 +34,9 @@ def batch_norm_on_moving_statistics(network: nn.Cell) -> None:
             cell.use_batch_statistics = False
 
 
-def loss_and_gradients(detectors, cfg, seed: int) -> list:
-    """(total loss, {parameter name: gradient}) of each detector on the same synthetic batch of 2."""
+def loss_and_gradients(detectors, cfg, seed: int, input_scales=None) -> list:
+    """(total loss, {parameter name: gradient}) of each detector on the same synthetic batch of 2
+    (its images times `input_scales[i]` for detector i, if given)."""
     from bench import harness
     from src.training.train_step import DetectorWithLoss
 
@@ -41,9 +45,26 @@ def loss_and_gradients(detectors, cfg, seed: int) -> list:
     loc_t, conf_t = harness.synthetic_targets(cfg, 2, seed=seed)
     inputs = (ms.Tensor(images.astype(np.float32)), ms.Tensor(loc_t), ms.Tensor(conf_t))
     results = []
-    for net in detectors:
+    for i, net in enumerate(detectors):
         net.set_train(True)
         params = net.trainable_params()
-        value, grads = ms.value_and_grad(DetectorWithLoss(net), None, params, has_aux=True)(*inputs)
+        scaled = inputs if input_scales is None else (inputs[0] * input_scales[i],) + inputs[1:]
+        value, grads = ms.value_and_grad(DetectorWithLoss(net), None, params, has_aux=True)(*scaled)
         results.append((float(value[0].asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
     return results
+
+
+def call_kernel(library: str, name: str, arrays, dtypes=None) -> int:
+    """Call the C entry point `name` of `library` the way MindSpore's aot operators do (every
+    input, then every output) and return its code; `dtypes[i]`, if given and not None, is the
+    dtype name passed for array i instead of its own."""
+    lib = ctypes.CDLL(library)
+    count = len(arrays)
+    params = (ctypes.c_void_p * count)(*[a.ctypes.data for a in arrays])
+    ndims = (ctypes.c_int * count)(*[a.ndim for a in arrays])
+    shape_arrays = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
+    shapes = (ctypes.POINTER(ctypes.c_int64) * count)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
+                                                         for s in shape_arrays])
+    names = [str(a.dtype) if d is None else d for a, d in zip(arrays, dtypes or [None] * count)]
+    return getattr(lib, name)(count, params, ndims, shapes, (ctypes.c_char_p * count)(*[n.encode() for n in names]),
+                              None, None)
