@@ -7,8 +7,9 @@ On the lite model's first layers (8-16 channels at 96-192 px, batch 8) MindSpore
 ReLU and their gradients are memory passes: 5 over the map forward and 8 backward.
 m2det/kernels/batch_norm_relu.c makes them 3 and 5: the forward operator computes the batch
 statistics, the affine map and the ReLU; the gradient operator recomputes the ReLU's mask from
-the input instead of reading the output. The forward operator also returns the mean, 1/std
-and biased variance; this cell moves the moving statistics from them as nn.BatchNorm2d does.
+the input instead of reading the output. The forward operator also returns the mean and 1/std
+its gradient uses and the moving statistics as nn.BatchNorm2d would move them; this cell
+assigns those.
 Built by `bash scripts/make.sh`.
 
 `use_batch_norm_relu(network)` rewrites, in place, every nn.BatchNorm2d that an nn.ReLU follows:
@@ -47,13 +48,15 @@ def _operator():
     gradient = aot_operator(LIBRARY, "BatchNormReLUGrad",
                             lambda x, gamma, beta, mean, rstd, dy: (x, gamma, gamma), outputs=3)
 
-    def bprop(x, gamma, beta, eps, out, dout):
-        _, mean, rstd, _ = out
+    def bprop(x, gamma, beta, eps, moving_mean, moving_variance, weight, out, dout):
+        _, mean, rstd, _, _ = out
         dx, dgamma, dbeta = gradient(x, gamma, beta, mean, rstd, dout[0])
-        return dx, dgamma, dbeta, ops.zeros_like(eps)
+        return (dx, dgamma, dbeta, ops.zeros_like(eps), ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
+                ops.zeros_like(weight))
 
-    return aot_operator(LIBRARY, "BatchNormReLU", lambda x, gamma, beta, eps: (x, gamma, gamma, gamma),
-                        bprop, outputs=4)
+    return aot_operator(LIBRARY, "BatchNormReLU",
+                        lambda x, gamma, beta, eps, moving_mean, moving_variance, weight: (x,) + (gamma,) * 4,
+                        bprop, outputs=5)
 
 
 class BatchNormReLU(nn.Cell):
@@ -71,7 +74,8 @@ class BatchNormReLU(nn.Cell):
         # nn.BatchNorm2d's order (the detector's parameter list and checkpoints keep it)
         self.moving_mean, self.moving_variance = norm.moving_mean, norm.moving_variance
         self.gamma, self.beta = norm.gamma, norm.beta
-        self.new_weight = float(norm.momentum)   # nn.BatchNorm2d keeps 1 - its `momentum` argument
+        # the batch's weight in the moving statistics: nn.BatchNorm2d keeps 1 - its `momentum` argument
+        self.weight = ms.Tensor([norm.momentum], ms.float32)
         self.eps = ms.Tensor([norm.eps], ms.float32)
         self.operator = _operator()
         self.inference = ops.BatchNorm(is_training=False, epsilon=float(norm.eps))
@@ -80,14 +84,10 @@ class BatchNormReLU(nn.Cell):
     def construct(self, x):
         if not self.training:
             return self.relu(self.inference(x, self.gamma, self.beta, self.moving_mean, self.moving_variance)[0])
-        y, mean, _, variance = self.operator(x, self.gamma, self.beta, self.eps)
-        count = x.shape[0] * x.shape[2] * x.shape[3]
-        mean = ops.stop_gradient(mean)
-        variance = ops.stop_gradient(variance) * (count / max(count - 1, 1))
-        w = self.new_weight
-        moved_mean = ops.assign(self.moving_mean, self.moving_mean * (1.0 - w) + mean * w)
-        moved_variance = ops.assign(self.moving_variance, self.moving_variance * (1.0 - w) + variance * w)
-        return ops.depend(ops.depend(y, moved_mean), moved_variance)
+        y, _, _, moved_mean, moved_variance = self.operator(x, self.gamma, self.beta, self.eps, self.moving_mean,
+                                                             self.moving_variance, self.weight)
+        y = ops.depend(y, ops.assign(self.moving_mean, ops.stop_gradient(moved_mean)))
+        return ops.depend(y, ops.assign(self.moving_variance, ops.stop_gradient(moved_variance)))
 
 
 def eligible_norm(norm: nn.Cell) -> bool:

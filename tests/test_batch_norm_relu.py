@@ -137,13 +137,21 @@ def _call(name, arrays, dtypes=None):
 def test_kernels_refuse_what_they_do_not_compute():
     x = np.random.default_rng(0).standard_normal((2, 6, 3, 3)).astype(np.float32)
     gamma, beta, eps = np.ones(6, np.float32), np.zeros(6, np.float32), np.array([EPS], np.float32)
-    y, mean, rstd, var = np.empty_like(x), *(np.empty(6, np.float32) for _ in range(3))
-    assert _call("BatchNormReLU", [x, gamma, beta, eps, y, mean, rstd, var]) == 0
-    np.testing.assert_allclose(y, reference(x, gamma, beta, x)[0], atol=2e-6)
-    assert _call("BatchNormReLU", [x, gamma, beta, eps, y, mean, rstd]) == 1               # an output missing
-    assert _call("BatchNormReLU", [x, gamma, beta, eps, y, mean, rstd, var], ["float64"] + [None] * 7) == 2
-    assert _call("BatchNormReLU", [x[0], gamma, beta, eps, y, mean, rstd, var]) == 1       # not 4-D
-    assert _call("BatchNormReLU", [x, gamma[:5], beta, eps, y, mean, rstd, var]) == 4      # gamma of 5
+    moving, weight = [np.zeros(6, np.float32), np.ones(6, np.float32)], np.array([0.1], np.float32)
+    inputs = [x, gamma, beta, eps, *moving, weight]
+    y, mean, rstd, moved_mean, moved_var = np.empty_like(x), *(np.empty(6, np.float32) for _ in range(4))
+    outputs = [y, mean, rstd, moved_mean, moved_var]
+    assert _call("BatchNormReLU", inputs + outputs) == 0
+    want = reference(x, gamma, beta, x)
+    np.testing.assert_allclose(y, want[0], atol=2e-6)
+    np.testing.assert_allclose(moved_mean, 0.1 * want[4], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(moved_var, 0.9 + 0.1 * want[5], rtol=1e-6)
+    assert _call("BatchNormReLU", inputs + outputs[:-1]) == 1                              # an output missing
+    assert _call("BatchNormReLU", inputs + outputs, ["float64"] + [None] * 11) == 2
+    assert _call("BatchNormReLU", [x[0]] + inputs[1:] + outputs) == 1                      # not 4-D
+    assert _call("BatchNormReLU", [x, gamma[:5]] + inputs[2:] + outputs) == 4              # gamma of 5
+    assert _call("BatchNormReLU", inputs[:4] + [moving[0][:5]] + inputs[5:] + outputs) == 4  # moving mean of 5
+    assert _call("BatchNormReLU", inputs[:6] + [np.ones(2, np.float32)] + outputs) == 5   # w of 2
     dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
     grad_inputs = [x, gamma, beta, mean, rstd, x, dx, dgamma, dbeta]
     assert _call("BatchNormReLUGrad", grad_inputs) == 0

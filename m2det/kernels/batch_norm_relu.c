@@ -3,8 +3,9 @@
  * operators on CPU (m2det/batch_norm_relu.py builds the network side; scripts/make.sh compiles
  * this file into m2det/kernels/_batch_norm_relu.so).
  *
- *   BatchNormReLU      x (N, C, H, W), gamma (C), beta (C), eps (1)
- *                      -> y (N, C, H, W), mean (C), rstd (C), var (C)
+ *   BatchNormReLU      x (N, C, H, W), gamma (C), beta (C), eps (1), moving_mean (C),
+ *                      moving_var (C), w (1)
+ *                      -> y (N, C, H, W), mean (C), rstd (C), moved_mean (C), moved_var (C)
  *   BatchNormReLUGrad  x, gamma, beta, mean, rstd, dy
  *                      -> dx (N, C, H, W), dgamma (C), dbeta (C)
  *
@@ -12,8 +13,13 @@
  *
  *   a = gamma[c] * rstd[c],  z = (x - mean[c]) * a + beta[c],  y = max(z, 0),
  *
- * i.e. nn.BatchNorm2d in training then nn.ReLU (the network side updates the moving statistics
- * from `mean` and `var`). The gradient recomputes z from x, so y is not kept for it: with
+ * i.e. nn.BatchNorm2d in training then nn.ReLU, and the moving statistics it would keep, with w the
+ * weight of the batch (nn.BatchNorm2d's 1 - momentum) and the batch variance unbiased:
+ *
+ *   moved_mean = (1 - w) * moving_mean + w * mean,  moved_var = (1 - w) * moving_var + w * var * M / (M - 1)
+ *
+ * (the network side assigns them: two operators per layer instead of ten). The gradient
+ * recomputes z from x, so y is not kept for it: with
  * d = dy where z > 0 and 0 elsewhere and xhat = (x - mean) * rstd,
  *
  *   dbeta[c]  = sum of d,   dgamma[c] = sum of d * xhat,
@@ -56,18 +62,19 @@ typedef struct {
     int64_t n, c, plane;              /* images, channels, H * W */
 } sizes;
 
-/* x (N, C, H, W) float32 and every per-channel tensor among params[first..last] of shape (C) */
-static int read_sizes(int nparam, int ndims_first, const int64_t *x_shape, int first_channel_param,
-                      int last_channel_param, int *ndims, int64_t **shapes, const char **dtypes, sizes *s) {
-    if (ndims_first != 4) return 1;
+/* every parameter float32, params[0] (N, C, H, W) and params[i] of shape (C) for each i in `channels`
+ * (a list ending with -1) */
+static int read_sizes(int nparam, int *ndims, int64_t **shapes, const char **dtypes, const int *channels,
+                      sizes *s) {
     for (int i = 0; i < nparam; i++)
         if (!is_float32(dtypes[i])) return 2;
-    s->n = x_shape[0];
-    s->c = x_shape[1];
-    s->plane = x_shape[2] * x_shape[3];
+    if (ndims[0] != 4) return 1;
+    s->n = shapes[0][0];
+    s->c = shapes[0][1];
+    s->plane = shapes[0][2] * shapes[0][3];
     if (s->n <= 0 || s->c <= 0 || s->plane <= 0) return 3;
-    for (int i = first_channel_param; i <= last_channel_param; i++)
-        if (ndims[i] != 1 || shapes[i][0] != s->c) return 4;
+    for (const int *i = channels; *i >= 0; i++)
+        if (ndims[*i] != 1 || shapes[*i][0] != s->c) return 4;
     return 0;
 }
 
@@ -149,14 +156,17 @@ int BatchNormReLU(AOT_ARGS) {
     (void)stream;
     (void)extra;
     sizes s;
-    if (nparam != 8) return 1;
-    int code = read_sizes(nparam, ndims[0], shapes[0], 1, 2, ndims, shapes, dtypes, &s);
+    if (nparam != 12) return 1;
+    static const int channels[] = {1, 2, 4, 5, -1};     /* gamma, beta, moving mean and variance */
+    int code = read_sizes(nparam, ndims, shapes, dtypes, channels, &s);
     if (code) return code;
-    if (ndims[3] != 1 || shapes[3][0] != 1) return 5;
+    if (ndims[3] != 1 || shapes[3][0] != 1 || ndims[6] != 1 || shapes[6][0] != 1) return 5;
     const float *x = params[0], *gamma = params[1], *beta = params[2];
     const float eps = *(const float *)params[3];
-    float *y = params[4], *mean = params[5], *rstd = params[6], *var = params[7];
-    const double count = (double)(s.n * s.plane);
+    const float *moving_mean = params[4], *moving_var = params[5];
+    const float w = *(const float *)params[6];
+    float *y = params[7], *mean = params[8], *rstd = params[9], *moved_mean = params[10], *moved_var = params[11];
+    const double count = (double)(s.n * s.plane), unbias = count > 1.0 ? count / (count - 1.0) : 1.0;
 #pragma omp parallel for schedule(static) num_threads(omp_get_num_procs())
     for (int64_t c = 0; c < s.c; c++) {
         const float k = x[c * s.plane];
@@ -166,8 +176,9 @@ int BatchNormReLU(AOT_ARGS) {
         double v = s2 / count - shift * shift;
         if (v < 0.0) v = 0.0;
         mean[c] = (float)(k + shift);
-        var[c] = (float)v;
         rstd[c] = (float)(1.0 / sqrt(v + eps));
+        moved_mean[c] = (float)((1.0 - w) * moving_mean[c] + (double)w * mean[c]);
+        moved_var[c] = (float)((1.0 - w) * moving_var[c] + (double)w * v * unbias);
         const float a = gamma[c] * rstd[c];
         for (int64_t i = 0; i < s.n; i++) {
             const int64_t at = (i * s.c + c) * s.plane;
@@ -182,7 +193,8 @@ int BatchNormReLUGrad(AOT_ARGS) {
     (void)extra;
     sizes s;
     if (nparam != 9) return 1;
-    int code = read_sizes(nparam, ndims[0], shapes[0], 1, 4, ndims, shapes, dtypes, &s);
+    static const int channels[] = {1, 2, 3, 4, -1};     /* gamma, beta, mean, rstd */
+    int code = read_sizes(nparam, ndims, shapes, dtypes, channels, &s);
     if (code) return code;
     if (ndims[5] != 4 || memcmp(shapes[5], shapes[0], 4 * sizeof(int64_t)) != 0) return 5;
     const float *x = params[0], *gamma = params[1], *beta = params[2], *mean = params[3], *rstd = params[4];
