@@ -44,3 +44,31 @@ def set_context(device_target: str, mode: str, deterministic: bool = False) -> N
     if deterministic and device_target != "CPU":
         # CPU kernels are deterministic already; GPU/Ascend need the deterministic algorithms
         ms.set_context(deterministic="ON")
+
+
+_launch_group_set = None      # what this process passed to ms.runtime.set_kernel_launch_group (once only)
+
+
+def set_kernel_launch_group(setting) -> None:
+    """`train.kernel_launch_group`: None (MindSpore's default, operators launched one by one) or
+    [threads, groups], passed to ms.runtime.set_kernel_launch_group before the first graph runs.
+    MindSpore takes it once per process: the same setting again is a no-op, another one raises
+    RuntimeError. Raises ValueError for anything but None or [threads, groups] with `groups` a
+    multiple of `threads`."""
+    global _launch_group_set
+    if setting is None:
+        return
+    valid = (isinstance(setting, (list, tuple)) and len(setting) == 2
+             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in setting)
+             and setting[1] % setting[0] == 0)
+    if not valid:
+        raise ValueError("train.kernel_launch_group must be null or [threads, groups], positive integers with "
+                         f"groups a multiple of threads, got {setting!r}")
+    setting = (int(setting[0]), int(setting[1]))
+    if _launch_group_set is not None:
+        if _launch_group_set != setting:
+            raise RuntimeError(f"train.kernel_launch_group {list(setting)}: this process launches with "
+                               f"{list(_launch_group_set)} already (MindSpore takes it once per process)")
+        return
+    ms.runtime.set_kernel_launch_group(thread_num=setting[0], kernel_group_num=setting[1])
+    _launch_group_set = setting

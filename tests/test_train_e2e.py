@@ -99,8 +99,26 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".ckpt")]
 
 
+def test_kernel_launch_group_trains_the_same_weights(data_dir, tmp_path):
+    # train.kernel_launch_group: MindSpore launches the operators from 2 threads in 8 groups;
+    # one epoch of 4 steps ends in the same weights, BN statistics and momentum, bit for bit
+    runs = {}
+    for name, extra in (("one_by_one", []), ("grouped", ["--set", "train.kernel_launch_group=[2, 8]"])):
+        out = str(tmp_path / name)
+        code, log = run_script("train.py", *train_args(data_dir, out, "--epochs", "1", *extra))
+        assert code == 0, log[-3000:]
+        runs[name] = read_checkpoint(os.path.join(out, "tiny_epoch0001.ckpt"))
+    tensors = [k for k, v in runs["one_by_one"].items() if hasattr(v, "asnumpy")]
+    assert len(tensors) > 50 and set(tensors) <= set(runs["grouped"])
+    for key in tensors:
+        np.testing.assert_array_equal(runs["grouped"][key].asnumpy(), runs["one_by_one"][key].asnumpy(), err_msg=key)
+
+
 def test_bad_config_and_missing_data_are_clear(data_dir, tmp_path):
     code, log = run_script("train.py", *train_args(data_dir, str(tmp_path / "x"), "--set", "train.nope=1"))
     assert code == 2 and "unknown key 'train.nope'" in log
+    code, log = run_script("train.py", *train_args(data_dir, str(tmp_path / "x"), "--set",
+                                                   "train.kernel_launch_group=[3, 8]"))
+    assert code == 2 and "groups a multiple of threads, got [3, 8]" in log and "Traceback" not in log
     code, log = run_script("train.py", *train_args(str(tmp_path / "missing"), str(tmp_path / "y")))
     assert code == 1 and "missing" in log and "Traceback" not in log

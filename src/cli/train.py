@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     from src.training.checkpoint import CheckpointError
     from src.training.distributed import DistInfo, init_distributed, local_rank_from_env
-    from src.device import DeviceUnavailable, set_context
+    from src.device import DeviceUnavailable, set_context, set_kernel_launch_group
     from src.training.trainer import TrainingError, TrainingInterrupted, TrainOptions, train
 
     try:
@@ -101,6 +101,11 @@ def main(argv=None) -> int:
         return 1
     if args.cpu_threads:
         ms.device_context.cpu.op_tuning.threads_num(args.cpu_threads)
+    try:
+        set_kernel_launch_group(cfg.train.kernel_launch_group)
+    except (ValueError, RuntimeError) as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     dist = DistInfo()
     if args.run_distribute:
         if args.device_target != "CPU":
