@@ -30,7 +30,8 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              as MatMuls (m2det/matmul_conv.py, train.matmul_conv_max_channels),
                              plus the config's max-pool, BatchNorm + ReLU and global-norm kernels
                              (train.max_pool_kernel, train.batch_norm_relu_kernel,
-                             train.grad_norm_kernel; on for m2det_lite),
+                             train.grad_norm_kernel; on for m2det_lite) and its grouped operator
+                             launch (train.kernel_launch_group),
                              and PyTorch; also the workers' process CPU time per step
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
@@ -233,6 +234,9 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
                 from m2det.batch_norm_relu import use_batch_norm_relu
 
                 use_batch_norm_relu(detector)
+            from src.device import set_kernel_launch_group
+
+            set_kernel_launch_group(cfg.train.kernel_launch_group)
         if winograd:
             from m2det.winograd import use_winograd
 
