@@ -8,7 +8,6 @@ VGG (loss, every parameter gradient and the moving statistics after the step); t
 keeping Parameter names; the trainer's setting and its fallbacks; the C entry points' refusals.
 """
 import copy
-import logging
 import os
 
 import mindspore as ms
@@ -20,7 +19,8 @@ from m2det import batch_norm_relu
 from m2det.layers import BasicConv
 from src.config import load_config
 from src.training import trainer
-from tests.reference.kernel_checks import WeightedSum, call_kernel, loss_and_gradients, rel_error
+from tests.reference.kernel_checks import (WeightedSum, call_kernel, check_missing_library, check_trainer_setting,
+                                           loss_and_gradients, rel_error)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -223,26 +223,21 @@ def test_detector_gradients_and_moving_statistics_unchanged():
     assert all((fast.parameters_dict()[name].asnumpy() != value).any() for name, value in initial.items())
 
 
+def _kernel_cells(detector):
+    return [n for n, c in detector.cells_and_names() if isinstance(c, batch_norm_relu.BatchNormReLU)]
+
+
 def test_trainer_setting_on_cpu_float32_only(caplog):
     assert load_config(os.path.join(ROOT, TINY)).train.batch_norm_relu_kernel is False          # off by default
     assert load_config(os.path.join(ROOT, "configs/m2det_lite.yaml")).train.batch_norm_relu_kernel is True
     detector = _tiny_detector()
-    trainer._use_batch_norm_relu_for_training(detector, "CPU", "O0", False)
-    trainer._use_batch_norm_relu_for_training(detector, "GPU", "O0", True)
-    trainer._use_batch_norm_relu_for_training(detector, "CPU", "O2", True)
-    assert not _fused(detector)
-    with caplog.at_level(logging.INFO, logger=trainer.log.name):
-        trainer._use_batch_norm_relu_for_training(detector, "CPU", "O0", True)
-    assert _fused(detector)
-    assert f"{len(_fused(detector))} BatchNorm + ReLU pairs use the kernel" in caplog.text
+    check_trainer_setting(trainer._use_batch_norm_relu_for_training, detector, _kernel_cells, caplog,
+                          "BatchNorm + ReLU pairs use the kernel")
 
 
 def test_missing_library_keeps_mindspore_batch_norm(monkeypatch, caplog):
-    monkeypatch.setattr(batch_norm_relu, "LIBRARY", "/nonexistent/_batch_norm_relu.so")
     detector = _tiny_detector()
-    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
-        trainer._use_batch_norm_relu_for_training(detector, "CPU", "O0", True)
-    assert not _fused(detector)
-    assert "train.batch_norm_relu_kernel" in caplog.text and "scripts/make.sh" in caplog.text
+    check_missing_library(batch_norm_relu, "train.batch_norm_relu_kernel", trainer._use_batch_norm_relu_for_training,
+                          detector, _kernel_cells, monkeypatch, caplog)
     with pytest.raises(RuntimeError, match="make.sh"):
         batch_norm_relu.use_batch_norm_relu(detector)

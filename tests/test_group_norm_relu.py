@@ -8,7 +8,6 @@ rewrite keeping Parameter names; the trainer's setting and its fallbacks; the C 
 refusals.
 """
 import copy
-import logging
 import os
 
 import mindspore as ms
@@ -21,7 +20,8 @@ from m2det.layers import BasicConv
 from src.config import load_config
 from src.training import trainer
 from tests.reference.kernel_checks import (WeightedSum, batch_norm_on_moving_statistics, call_kernel,
-                                          loss_and_gradients, rel_error)
+                                           check_missing_library, check_trainer_setting, loss_and_gradients,
+                                           rel_error)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -165,30 +165,21 @@ def test_detector_gradients_unchanged():
     assert worst < 2e-5
 
 
+def _kernel_cells(detector):
+    return [n for n, c in detector.cells_and_names() if isinstance(c, group_norm_relu.GroupNormReLU)]
+
+
 def test_trainer_setting_on_cpu_float32_only(caplog):
     assert load_config(os.path.join(ROOT, TINY)).train.group_norm_relu_kernel is False          # off by default
     assert load_config(os.path.join(ROOT, "configs/m2det_lite.yaml")).train.group_norm_relu_kernel is True
-
-    def fused(detector):
-        return [n for n, c in detector.cells_and_names() if isinstance(c, group_norm_relu.GroupNormReLU)]
-
     detector = _tiny_detector()
-    trainer._use_group_norm_relu_for_training(detector, "CPU", "O0", False)
-    trainer._use_group_norm_relu_for_training(detector, "GPU", "O0", True)
-    trainer._use_group_norm_relu_for_training(detector, "CPU", "O2", True)
-    assert not fused(detector)
-    with caplog.at_level(logging.INFO, logger=trainer.log.name):
-        trainer._use_group_norm_relu_for_training(detector, "CPU", "O0", True)
-    assert fused(detector)
-    assert f"{len(fused(detector))} GroupNorm + ReLU pairs use the kernel" in caplog.text
+    check_trainer_setting(trainer._use_group_norm_relu_for_training, detector, _kernel_cells, caplog,
+                          "GroupNorm + ReLU pairs use the kernel")
 
 
 def test_missing_library_keeps_mindspore_group_norm(monkeypatch, caplog):
-    monkeypatch.setattr(group_norm_relu, "LIBRARY", "/nonexistent/_group_norm_relu.so")
     detector = _tiny_detector()
-    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
-        trainer._use_group_norm_relu_for_training(detector, "CPU", "O0", True)
-    assert not any(isinstance(c, group_norm_relu.GroupNormReLU) for _, c in detector.cells_and_names())
-    assert "train.group_norm_relu_kernel" in caplog.text and "scripts/make.sh" in caplog.text
+    check_missing_library(group_norm_relu, "train.group_norm_relu_kernel", trainer._use_group_norm_relu_for_training,
+                          detector, _kernel_cells, monkeypatch, caplog)
     with pytest.raises(RuntimeError, match="make.sh"):
         group_norm_relu.use_group_norm_relu(detector)

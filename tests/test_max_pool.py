@@ -6,7 +6,6 @@ a ReLU); the output sizes in floor and ceil mode; eligibility; a tiny detector's
 gradients; the trainer's setting and its fallbacks; the C entry points' refusals.
 """
 import copy
-import logging
 import os
 
 import mindspore as ms
@@ -17,7 +16,8 @@ import pytest
 from m2det import max_pool
 from src.config import load_config
 from src.training import trainer
-from tests.reference.kernel_checks import WeightedSum, batch_norm_on_moving_statistics, call_kernel, loss_and_gradients
+from tests.reference.kernel_checks import (WeightedSum, batch_norm_on_moving_statistics, call_kernel,
+                                           check_missing_library, check_trainer_setting, loss_and_gradients)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tests/configs/tiny.yaml"
@@ -145,31 +145,23 @@ def test_detector_loss_and_gradients_unchanged():
         np.testing.assert_array_equal(results[1][1][name], grad, err_msg=name)
 
 
+def _kernel_cells(detector):
+    return [n for n, c in detector.cells_and_names() if isinstance(c, max_pool.MaxPoolKernel)]
+
+
 def test_trainer_setting_on_cpu_float32_only(caplog):
     assert load_config(os.path.join(ROOT, TINY)).train.max_pool_kernel is False          # off by default
     assert load_config(os.path.join(ROOT, "configs/m2det_lite.yaml")).train.max_pool_kernel is True
-
-    def kernels(detector):
-        return [n for n, c in detector.cells_and_names() if isinstance(c, max_pool.MaxPoolKernel)]
-
     detector = _tiny_detector()
-    trainer._use_max_pool_kernel_for_training(detector, "CPU", "O0", False)
-    trainer._use_max_pool_kernel_for_training(detector, "GPU", "O0", True)
-    trainer._use_max_pool_kernel_for_training(detector, "CPU", "O2", True)
-    assert not kernels(detector)
-    with caplog.at_level(logging.INFO, logger=trainer.log.name):
-        trainer._use_max_pool_kernel_for_training(detector, "CPU", "O0", True)
-    assert len(kernels(detector)) == 5
-    assert "5 max-pools use the kernel" in caplog.text
+    check_trainer_setting(trainer._use_max_pool_kernel_for_training, detector, _kernel_cells, caplog,
+                          "max-pools use the kernel")
+    assert len(_kernel_cells(detector)) == 5
 
 
 def test_missing_library_keeps_mindspore_pools(monkeypatch, caplog):
-    monkeypatch.setattr(max_pool, "LIBRARY", "/nonexistent/_max_pool.so")
     detector = _tiny_detector()
-    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
-        trainer._use_max_pool_kernel_for_training(detector, "CPU", "O0", True)
-    assert not any(isinstance(c, max_pool.MaxPoolKernel) for _, c in detector.cells_and_names())
-    assert "train.max_pool_kernel" in caplog.text and "scripts/make.sh" in caplog.text
+    check_missing_library(max_pool, "train.max_pool_kernel", trainer._use_max_pool_kernel_for_training,
+                          detector, _kernel_cells, monkeypatch, caplog)
     with pytest.raises(RuntimeError, match="make.sh"):
         max_pool.use_max_pool_kernel(detector)
 

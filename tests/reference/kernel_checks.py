@@ -1,10 +1,13 @@
 """Checks shared by the tests of our C-kernel cells (tests/test_direct_conv.py,
 tests/test_group_norm_relu.py, tests/test_batch_norm_relu.py, tests/test_max_pool.py): a
 weighted-sum loss, the relative error, a whole tiny detector's loss and parameter gradients with
-and without the kernels, and a direct call of a C entry point."""
+and without the kernels, a direct call of a C entry point, and the checks of a trainer setting
+that turns a kernel on."""
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 
 import mindspore as ms
 import mindspore.nn as nn
@@ -68,3 +71,29 @@ def call_kernel(library: str, name: str, arrays, dtypes=None) -> int:
     names = [str(a.dtype) if d is None else d for a, d in zip(arrays, dtypes or [None] * count)]
     return getattr(lib, name)(count, params, ndims, shapes, (ctypes.c_char_p * count)(*[n.encode() for n in names]),
                               None, None)
+
+
+def check_trainer_setting(hook, detector, cells, caplog, message: str) -> None:
+    """A trainer hook `hook(detector, device_target, amp_level, enabled)` rewrites nothing when
+    off, on GPU or in O2, then rewrites on CPU in float32 and logs `message` after the number of
+    cells it made (`cells(detector)` lists them)."""
+    from src.training import trainer
+
+    hook(detector, "CPU", "O0", False)
+    hook(detector, "GPU", "O0", True)
+    hook(detector, "CPU", "O2", True)
+    assert not cells(detector)
+    with caplog.at_level(logging.INFO, logger=trainer.log.name):
+        hook(detector, "CPU", "O0", True)
+    assert cells(detector)
+    assert f"{len(cells(detector))} {message}" in caplog.text
+
+
+def check_missing_library(kernels, setting: str, hook, detector, cells, monkeypatch, caplog) -> None:
+    """With the library of `kernels` (a module of m2det with LIBRARY) missing, the hook leaves
+    MindSpore's operators and logs a warning naming `setting` and how to build it."""
+    monkeypatch.setattr(kernels, "LIBRARY", "/nonexistent/" + os.path.basename(kernels.LIBRARY))
+    with caplog.at_level(logging.WARNING, logger="m2det.custom_ops"):
+        hook(detector, "CPU", "O0", True)
+    assert not cells(detector)
+    assert setting in caplog.text and "scripts/make.sh" in caplog.text
