@@ -13,10 +13,11 @@
  *
  *   a = gamma[c] * rstd[c],  z = (x - mean[c]) * a + beta[c],  y = max(z, 0),
  *
- * i.e. nn.BatchNorm2d in training then nn.ReLU, and the moving statistics it would keep, with w the
- * weight of the batch (nn.BatchNorm2d's 1 - momentum) and the batch variance unbiased:
+ * i.e. nn.BatchNorm2d in training then nn.ReLU, and the moving statistics it would keep, with w
+ * the weight of the batch (nn.BatchNorm2d's 1 - momentum) and the batch variance unbiased:
  *
- *   moved_mean = (1 - w) * moving_mean + w * mean,  moved_var = (1 - w) * moving_var + w * var * M / (M - 1)
+ *   moved_mean = (1 - w) * moving_mean + w * mean
+ *   moved_var  = (1 - w) * moving_var + w * var * M / (M - 1)
  *
  * (the network side assigns them: two operators per layer instead of ten). The gradient
  * recomputes z from x, so y is not kept for it: with
@@ -30,8 +31,8 @@
  * dx once (ReluGrad then BatchNormGrad: 3 + 5). The lite model's first layers are 8-16 channels
  * at 96-192 px, where these passes are the whole cost.
  *
- * Built without fused multiply-adds (-std=c99, as the Winograd kernels), so z is rounded the same way in both operators
- * and the gradient's mask is exactly the forward's. Sums are taken in float lanes per image
+ * Built without fused multiply-adds (-std=c99, as the Winograd kernels), so z is rounded the same
+ * way in both operators and the gradient's mask is exactly the forward's. Sums are taken in float lanes per image
  * plane, shifted by the channel's first value (so the one-pass variance does not cancel), and
  * added in double in image order; one thread owns a channel, so results do not depend on the
  * thread count. OpenMP spreads the channels over one thread per core (not OpenMP's default,
