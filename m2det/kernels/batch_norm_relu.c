@@ -32,10 +32,10 @@
  * at 96-192 px, where these passes are the whole cost.
  *
  * Built without fused multiply-adds (-std=c99, as the Winograd kernels), so z is rounded the same
- * way in both operators and the gradient's mask is exactly the forward's. Sums are taken in float lanes per image
- * plane, shifted by the channel's first value (so the one-pass variance does not cancel), and
- * added in double in image order; one thread owns a channel, so results do not depend on the
- * thread count. OpenMP spreads the channels over one thread per core (not OpenMP's default,
+ * way in both operators and the gradient's mask is exactly the forward's. Sums are taken in float
+ * lanes per image plane, shifted by the channel's first value (so the one-pass variance does not
+ * cancel), and added in double in image order; one thread owns a channel, so results do not
+ * depend on the thread count. OpenMP spreads the channels over one thread per core (not OpenMP's default,
  * which `import mindspore` sets to one thread: m2det/kernels/direct_conv3x3.c).
  * Every function returns 0, or a non-zero code for an unsupported call (rank, dtype, shapes).
  */
