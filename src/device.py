@@ -4,6 +4,8 @@ start here.
 """
 from __future__ import annotations
 
+import logging
+
 import mindspore as ms
 
 
@@ -49,12 +51,13 @@ def set_context(device_target: str, mode: str, deterministic: bool = False) -> N
 _launch_group_set = None      # what this process passed to ms.runtime.set_kernel_launch_group (once only)
 
 
-def set_kernel_launch_group(setting) -> None:
+def set_kernel_launch_group(setting, device_target: str = "CPU") -> None:
     """`train.kernel_launch_group`: None (MindSpore's default, operators launched one by one) or
-    [threads, groups], passed to ms.runtime.set_kernel_launch_group before the first graph runs.
-    MindSpore takes it once per process: the same setting again is a no-op, another one raises
-    RuntimeError. Raises ValueError for anything but None or [threads, groups] with `groups` a
-    multiple of `threads`."""
+    [threads, groups], passed to ms.runtime.set_kernel_launch_group before the first graph runs,
+    on CPU only (where it was measured; elsewhere MindSpore's default launch stays, with a log
+    line). MindSpore takes it once per process: the same setting again is a no-op, another one
+    raises RuntimeError. Raises ValueError for anything but None or [threads, groups] with
+    `groups` a multiple of `threads`, on any device."""
     global _launch_group_set
     if setting is None:
         return
@@ -65,6 +68,10 @@ def set_kernel_launch_group(setting) -> None:
         raise ValueError("train.kernel_launch_group must be null or [threads, groups], positive integers with "
                          f"groups a multiple of threads, got {setting!r}")
     setting = (int(setting[0]), int(setting[1]))
+    if device_target != "CPU":
+        logging.getLogger("src.device").info("train.kernel_launch_group applies on CPU only; MindSpore's default "
+                                             "launch on %s", device_target)
+        return
     if _launch_group_set is not None:
         if _launch_group_set != setting:
             raise RuntimeError(f"train.kernel_launch_group {list(setting)}: this process launches with "

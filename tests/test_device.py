@@ -1,6 +1,8 @@
 """src/device.py: train.kernel_launch_group's checks and MindSpore's once-per-process rule (the
 call into MindSpore is replaced here, so this process keeps launching one by one; the training
 run with the setting: tests/test_train_e2e.py)."""
+import logging
+
 import mindspore as ms
 import pytest
 
@@ -19,6 +21,14 @@ def launches(monkeypatch):
 def test_null_leaves_mindspore_alone(launches):
     device.set_kernel_launch_group(None)
     assert launches == []
+
+
+def test_other_devices_keep_mindspore_launch(launches, caplog):
+    with caplog.at_level(logging.INFO, logger="src.device"):
+        device.set_kernel_launch_group([2, 8], "GPU")
+    assert launches == [] and "applies on CPU only" in caplog.text
+    with pytest.raises(ValueError, match="must be null or"):       # still checked
+        device.set_kernel_launch_group([3, 8], "Ascend")
 
 
 def test_threads_and_groups_are_passed_once(launches):

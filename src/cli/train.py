@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     if args.cpu_threads:
         ms.device_context.cpu.op_tuning.threads_num(args.cpu_threads)
     try:
-        set_kernel_launch_group(cfg.train.kernel_launch_group)
+        set_kernel_launch_group(cfg.train.kernel_launch_group, args.device_target)
     except (ValueError, RuntimeError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
