@@ -172,16 +172,20 @@ def _use_matmul_conv_for_training(detector, amp_level: str, max_channels: int) -
     log.info("train.matmul_conv_max_channels: %d convolutions are MatMuls", len(replaced))
 
 
+def _rewrite_for_training(setting: str, kernels, rewrite, detector, device_target: str, amp_level: str,
+                          fallback: str, what: str) -> None:
+    """`rewrite(detector)` (of the m2det module `kernels`) where our kernels can train (see
+    `_cpu_kernels_usable`), logging how many `what` it rewrote under `setting`."""
+    if _cpu_kernels_usable(setting, kernels, device_target, amp_level, fallback):
+        log.info("%s: %d %s use the kernel", setting, len(rewrite(detector)), what)
+
+
 def _use_max_pool_kernel_for_training(detector, device_target: str, amp_level: str, enabled: bool) -> None:
     """train.max_pool_kernel: every eligible nn.MaxPool2d by our kernel (m2det/max_pool.py), CPU
     and float32 only; the same results bit for bit (pools have no Parameters)."""
-    if not enabled:
-        return
-    if not _cpu_kernels_usable("train.max_pool_kernel", max_pool, device_target, amp_level,
-                               "MindSpore's max-pooling"):
-        return
-    replaced = max_pool.use_max_pool_kernel(detector)
-    log.info("train.max_pool_kernel: %d max-pools use the kernel", len(replaced))
+    if enabled:
+        _rewrite_for_training("train.max_pool_kernel", max_pool, max_pool.use_max_pool_kernel, detector,
+                              device_target, amp_level, "MindSpore's max-pooling", "max-pools")
 
 
 def _clip_kernel_usable(tcfg, device_target: str, amp_level: str) -> bool:
@@ -200,13 +204,9 @@ def _use_group_norm_relu_for_training(detector, device_target: str, amp_level: s
     """train.group_norm_relu_kernel: every GroupNorm + ReLU of a BasicConv (the TUMs with
     `tum_norm: gn`) by one kernel (m2det/group_norm_relu.py), CPU and float32 only; it shares
     gamma and beta, so checkpoints are unchanged."""
-    if not enabled:
-        return
-    if not _cpu_kernels_usable("train.group_norm_relu_kernel", group_norm_relu, device_target, amp_level,
-                               "MindSpore's GroupNorm"):
-        return
-    rewritten = group_norm_relu.use_group_norm_relu(detector)
-    log.info("train.group_norm_relu_kernel: %d GroupNorm + ReLU pairs use the kernel", len(rewritten))
+    if enabled:
+        _rewrite_for_training("train.group_norm_relu_kernel", group_norm_relu, group_norm_relu.use_group_norm_relu,
+                              detector, device_target, amp_level, "MindSpore's GroupNorm", "GroupNorm + ReLU pairs")
 
 
 def _use_batch_norm_relu_for_training(detector, device_target: str, amp_level: str, enabled: bool) -> None:
@@ -214,13 +214,10 @@ def _use_batch_norm_relu_for_training(detector, device_target: str, amp_level: s
     `batch_norm: true`, the FFMs', the TUMs' with `tum_norm: bn`) and that ReLU by one kernel
     (m2det/batch_norm_relu.py), CPU and float32 only; it shares gamma, beta and the moving
     statistics, so checkpoints are unchanged."""
-    if not enabled:
-        return
-    if not _cpu_kernels_usable("train.batch_norm_relu_kernel", batch_norm_relu, device_target, amp_level,
-                               "MindSpore's BatchNorm and ReLU"):
-        return
-    rewritten = batch_norm_relu.use_batch_norm_relu(detector)
-    log.info("train.batch_norm_relu_kernel: %d BatchNorm + ReLU pairs use the kernel", len(rewritten))
+    if enabled:
+        _rewrite_for_training("train.batch_norm_relu_kernel", batch_norm_relu, batch_norm_relu.use_batch_norm_relu,
+                              detector, device_target, amp_level, "MindSpore's BatchNorm and ReLU",
+                              "BatchNorm + ReLU pairs")
 
 
 @dataclass
