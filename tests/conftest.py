@@ -1,11 +1,9 @@
 """Fixtures shared by the test modules.
 
     default_mode        module scope, automatic: every module starts in MindSpore's default
-                        PyNative mode, whatever the module before it left (the order of
-                        modules differs between a plain run and `pytest -n` workers)
-    pynative            module scope: run the module in PyNative mode (no graph compilation for a
-                        few forward passes), restoring the previous mode afterwards. A module opts
-                        in with `pytestmark = pytest.mark.usefixtures("pynative")`.
+                        PyNative mode (no graph compilation for a few forward passes), whatever
+                        the module before it left (the order of modules differs between a plain
+                        run and `pytest -n` workers); a test that needs graph mode sets it
     tiny_checkpoint     (cfg, detector in inference mode, checkpoint path) of tests/configs/tiny.yaml
                         with seeded random weights; `make_tiny_checkpoint` for another seed or config
     synthetic_16        session scope: a synthetic COCO-format set (16 train, 2 val images, seed 0)
@@ -33,14 +31,6 @@ def default_mode():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield
     ms.set_context(mode=ms.PYNATIVE_MODE)
-
-
-@pytest.fixture(scope="module")
-def pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def make_tiny_checkpoint(folder, seed: int, config: str = TINY, name: str = "tiny.ckpt"):

@@ -25,9 +25,6 @@ LITE = os.path.join(ROOT, "tests", "configs", "lite256.yaml")
 BN_LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(scope="module")
 def detector320():
     """The M2Det-320 VGG network (132.6 M parameters), built once for the two tests that need it."""

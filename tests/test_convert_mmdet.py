@@ -39,9 +39,6 @@ PREDICTORS = {"retina_cls", "retina_reg", "atss_cls", "atss_reg", "atss_centerne
               "vfnet_reg", "vfnet_reg_refine_dconv", "vfnet_reg_refine", "vfnet_cls_dconv", "vfnet_cls"}
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 # ------------------------------------------------------------------- mmdetection v2 module tree
 def gn_groups(channels: int) -> int:
     return max(g for g in range(1, 33) if channels % g == 0)

@@ -9,9 +9,6 @@ from heads.ops import DeformConv2d, ModulatedDeformConv2dWithOffsets
 from tests.reference.torch_fpn import deform_conv2d as reference_deform_conv2d
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     ms.set_seed(0)

@@ -21,9 +21,6 @@ DENSE_TEST = dict(score_threshold=0.05, nms_method="nms", nms_threshold=0.6, kee
                   max_per_image=100, pixel_offset=False)
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     ms.set_seed(0)

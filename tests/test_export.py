@@ -39,9 +39,6 @@ priors:
 """
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 def images(batch=1, size=128, seed=1):
     return np.random.default_rng(seed).uniform(-120, 120, (batch, 3, size, size)).astype(np.float32)
 

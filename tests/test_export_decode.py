@@ -5,7 +5,6 @@ import math
 
 import mindspore as ms
 import numpy as np
-import pytest
 
 from heads.box_coder import MAX_LOG_SCALE
 from src.builder import build_detector, build_priors
@@ -20,9 +19,6 @@ from tests.test_export import TINY
 # sides) lies wholly outside the image and clips to a zero-width edge; unclamped (half side
 # exp(6) / 2 = 202 prior sides) it would reach back over the image, so the clip cannot hide it.
 DXY, DWH = 1000.0, 30.0
-
-
-pytestmark = pytest.mark.usefixtures("pynative")
 
 
 def extreme_detector(cfg):

@@ -13,9 +13,6 @@ from tests.reference import torch_fpn as ref
 LEVELS = [(8, 8), (12, 16), (16, 32)]
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     ms.set_seed(0)

@@ -33,9 +33,6 @@ BOX_PARTS = {"retina": ["box"], "atss": ["box", "centerness"], "umop": ["box", "
              "gfl": ["box", "dfl"], "vfnet": ["box", "box_refine"]}
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     ms.set_seed(0)

@@ -27,9 +27,6 @@ TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 NAMES = ["circle", "square", "triangle", "star", "cross"]
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
     """(cfg, detector, checkpoint path) of the tiny network with random weights."""

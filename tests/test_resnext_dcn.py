@@ -13,9 +13,6 @@ DCN_C3_C5 = (False, True, True, True)
 BN_SUFFIX = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     ms.set_seed(0)

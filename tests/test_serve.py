@@ -35,9 +35,6 @@ NAMES = ["circle", "square", "triangle", "star", "cross"]
 LIMITS = Limits(max_body_bytes=300_000, max_images=3, max_pixels=200 * 200, max_pending=8, timeout_s=10)
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=4)[2]

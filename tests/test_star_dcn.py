@@ -17,9 +17,6 @@ from heads.ops import DeformConv2d
 H, W = 12, 14
 
 
-pytestmark = pytest.mark.usefixtures("pynative")
-
-
 def coordinate_conv():
     """DeformConv2d(2 -> 18): output 2k = input y at kernel point k, 2k + 1 = input x."""
     conv = DeformConv2d(2, 18, 3, 1, 1, modulated=True)
