@@ -28,10 +28,10 @@ Cases, each alternating MindSpore (GRAPH mode) and PyTorch (eager, no_grad) roun
                              direct kernels (m2det/direct_conv.py, train.direct_conv_max_channels)
                              and the unpadded 1x1 / kernel-sized ones of <= --matmul_conv_max_channels
                              as MatMuls (m2det/matmul_conv.py, train.matmul_conv_max_channels),
-                             plus the config's max-pool, BatchNorm + ReLU and global-norm kernels
-                             (train.max_pool_kernel, train.batch_norm_relu_kernel,
-                             train.grad_norm_kernel; on for m2det_lite) and its grouped operator
-                             launch (train.kernel_launch_group),
+                             plus the config's normalisation + ReLU, max-pool and global-norm
+                             kernels (train.group_norm_relu_kernel, train.batch_norm_relu_kernel,
+                             train.max_pool_kernel, train.grad_norm_kernel; on for m2det_lite)
+                             and its grouped operator launch (train.kernel_launch_group),
                              and PyTorch; also the workers' process CPU time per step
 
 In full mode each config's forward cases run in a fresh process (MindSpore keeps the memory pool
@@ -226,16 +226,10 @@ def _train_step_worker(conn, framework: str, path: str, overrides: list, batch: 
             use_direct_conv(detector, direct_max)   # as train.direct_conv_max_channels does
             set_threads(direct_threads)             # train.direct_conv_threads
             use_matmul_conv(detector, matmul_max)   # as train.matmul_conv_max_channels does
-            if cfg.train.max_pool_kernel:           # the config's other training kernels, as the trainer
-                from m2det.max_pool import use_max_pool_kernel
-
-                use_max_pool_kernel(detector)
-            if cfg.train.batch_norm_relu_kernel:
-                from m2det.batch_norm_relu import use_batch_norm_relu
-
-                use_batch_norm_relu(detector)
             from src.device import set_kernel_launch_group
+            from src.training.trainer import use_cell_kernels
 
+            use_cell_kernels(detector, cfg.train, "CPU", "O0")     # the config's other kernels, as the trainer
             set_kernel_launch_group(cfg.train.kernel_launch_group)
         if winograd:
             from m2det.winograd import use_winograd

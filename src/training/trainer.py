@@ -220,6 +220,15 @@ def _use_batch_norm_relu_for_training(detector, device_target: str, amp_level: s
                               "BatchNorm + ReLU pairs")
 
 
+def use_cell_kernels(detector, tcfg, device_target: str, amp_level: str) -> None:
+    """The config's kernels that rewrite cells besides the convolutions: GroupNorm + ReLU,
+    BatchNorm + ReLU and the max-pools (`train.group_norm_relu_kernel`, `batch_norm_relu_kernel`,
+    `max_pool_kernel`); each applies on CPU in float32 only."""
+    _use_group_norm_relu_for_training(detector, device_target, amp_level, bool(tcfg.group_norm_relu_kernel))
+    _use_batch_norm_relu_for_training(detector, device_target, amp_level, bool(tcfg.batch_norm_relu_kernel))
+    _use_max_pool_kernel_for_training(detector, device_target, amp_level, bool(tcfg.max_pool_kernel))
+
+
 @dataclass
 class TrainingRun:
     """Everything a run is made of, built once from the config (`build_run`)."""
@@ -329,9 +338,7 @@ def build_run(cfg, opts: TrainOptions) -> TrainingRun:
     _use_direct_conv_for_training(detector, opts.device_target, amp_level, int(tcfg.direct_conv_max_channels),
                                   int(tcfg.direct_conv_threads))
     _use_matmul_conv_for_training(detector, amp_level, int(tcfg.matmul_conv_max_channels))
-    _use_group_norm_relu_for_training(detector, opts.device_target, amp_level, bool(tcfg.group_norm_relu_kernel))
-    _use_batch_norm_relu_for_training(detector, opts.device_target, amp_level, bool(tcfg.batch_norm_relu_kernel))
-    _use_max_pool_kernel_for_training(detector, opts.device_target, amp_level, bool(tcfg.max_pool_kernel))
+    use_cell_kernels(detector, tcfg, opts.device_target, amp_level)
     optimizer = build_optimizer(tcfg.optimizer, detector.trainable_params(), lr, tcfg.momentum, tcfg.weight_decay)
     ema = ModelEMA(detector, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema else None
     loss_scale = (DynamicLossScale(tcfg.loss_scale, tcfg.loss_scale_factor, tcfg.loss_scale_window)
